@@ -1,0 +1,1 @@
+"""Raw interaction logs -> candidate-list prompt datasets."""
