@@ -1,0 +1,255 @@
+"""napo.scoring: packed == naive == brute force, LoRA on/off, gradients, joint tokenization."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from napo.losses import listwise_preference_loss
+from napo.scoring import (
+    collate_listwise,
+    collate_naive,
+    collate_packed,
+    completion_logps,
+    packed_attention_mask,
+    tokenize_listwise,
+)
+
+VOCAB = 97
+PAD = 0
+
+
+def tiny_model(arch: str, attn: str = "sdpa", lora: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  attention_dropout=0.0, attn_implementation=attn)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    if lora:
+        # init_lora_weights=False: B is random too, so the adapter really changes the outputs
+        config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        model = get_peft_model(model, config)
+    return model.eval()
+
+
+def random_examples(num_examples: int, num_completions: int, seed: int = 0, vary_m: bool = False):
+    """Unequal prompt lengths, unequal completion lengths, optionally fewer completions for some."""
+    rng = random.Random(seed)
+    examples = []
+    for b in range(num_examples):
+        prompt = [rng.randrange(1, VOCAB) for _ in range(rng.randint(3, 17))]
+        m = num_completions - (b % 2) * (num_completions // 2) if vary_m else num_completions
+        comps = [[rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 5))] for _ in range(m)]
+        examples.append({"prompt_ids": prompt, "completion_ids": comps})
+    return examples
+
+
+def brute_force_logps(model, examples, num_slots):
+    """One sequence at a time through model(input_ids).logits with a manual log_softmax."""
+    out = torch.zeros(len(examples), num_slots)
+    with torch.no_grad():
+        for b, ex in enumerate(examples):
+            for m, comp in enumerate(ex["completion_ids"]):
+                ids = torch.tensor([ex["prompt_ids"] + comp])
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+                p = len(ex["prompt_ids"])
+                out[b, m] = sum(logp[p + j - 1, tok] for j, tok in enumerate(comp)).item()
+    return out
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_naive_equals_brute_force(arch):
+    model = tiny_model(arch)
+    examples = random_examples(3, 4, seed=1, vary_m=True)
+    with torch.no_grad():
+        logps, num_tokens = completion_logps(model, collate_naive(examples, PAD))
+    expected = brute_force_logps(model, examples, 4)
+    torch.testing.assert_close(logps, expected, atol=1e-4, rtol=0)
+    lengths = [[len(c) for c in ex["completion_ids"]] + [0] * (4 - len(ex["completion_ids"])) for ex in examples]
+    assert num_tokens.tolist() == lengths
+
+
+@pytest.mark.parametrize("arch,attn,lora,num_negatives", [
+    ("qwen2", "sdpa", False, 1),
+    ("qwen2", "eager", True, 3),
+    ("qwen2", "sdpa", True, 19),
+    ("llama", "eager", False, 19),
+    ("llama", "sdpa", True, 3),
+    ("llama", "sdpa", False, 1),
+])
+def test_packed_equals_naive(arch, attn, lora, num_negatives):
+    model = tiny_model(arch, attn, lora)
+    examples = random_examples(3, num_negatives + 1, seed=num_negatives)
+    with torch.no_grad():
+        naive, naive_n = completion_logps(model, collate_listwise(examples, PAD, "naive"))
+        packed, packed_n = completion_logps(model, collate_listwise(examples, PAD, "packed"))
+    assert naive.shape == (3, num_negatives + 1)
+    torch.testing.assert_close(packed, naive, atol=1e-4, rtol=0)
+    assert torch.equal(packed_n, naive_n)
+    assert naive.lt(0).all()
+
+
+def test_variable_completion_counts_are_masked():
+    model = tiny_model("qwen2")
+    examples = random_examples(4, 6, seed=3, vary_m=True)  # examples 1 and 3 have 3 completions
+    with torch.no_grad():
+        packed, n = completion_logps(model, collate_packed(examples, PAD))
+        naive, _ = completion_logps(model, collate_naive(examples, PAD))
+        alone, _ = completion_logps(model, collate_packed(examples[1:2], PAD))
+    batch = collate_packed(examples, PAD)
+    assert batch["completion_mask"].tolist() == [[True] * 6, [True] * 3 + [False] * 3] * 2
+    assert packed[1, 3:].tolist() == [0.0, 0.0, 0.0] and n[1, 3:].tolist() == [0, 0, 0]
+    torch.testing.assert_close(packed, naive, atol=1e-4, rtol=0)
+    # batching with longer rows (more padding) does not change an example's scores
+    torch.testing.assert_close(packed[1, :3], alone[0], atol=1e-4, rtol=0)
+
+
+def test_length_normalize_is_mean_token_logp():
+    model = tiny_model("llama")
+    examples = random_examples(2, 3, seed=5, vary_m=True)
+    batch = collate_packed(examples, PAD)
+    with torch.no_grad():
+        summed, n = completion_logps(model, batch)
+        mean, _ = completion_logps(model, batch, length_normalize=True)
+    expected = torch.where(n > 0, summed / n.clamp(min=1), torch.zeros_like(summed))
+    torch.testing.assert_close(mean, expected)
+
+
+def test_packed_mask_by_hand():
+    # row: prompt p0 p1 | c0: a0 a1 | c1: b0 | pad
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    allowed = packed_attention_mask(segments)[0, 0] == 0
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # b0 sees the prompt and itself, never c0
+        [0, 0, 0, 0, 0, 1],  # padding sees only itself: no fully blocked row
+    ], dtype=torch.bool)
+    assert torch.equal(allowed, expected)
+    assert packed_attention_mask(segments)[0, 0, 0, 1].item() == torch.finfo(torch.float32).min
+    batch = collate_packed([{"prompt_ids": [5, 6], "completion_ids": [[7, 8], [9]]}], PAD)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2]]
+    # targets 7, 8, 9 predicted from positions 1 (last prompt), 2 (token 7), 1 (last prompt)
+    assert batch["gather_pos"].tolist() == [1, 2, 1]
+    assert batch["gather_target"].tolist() == [7, 8, 9]
+    assert batch["gather_slot"].tolist() == [0, 0, 1]
+
+
+def lora_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_loss_and_lora_gradients_equal_between_layouts(arch):
+    model = tiny_model(arch, "sdpa", lora=True, seed=2)
+    examples = random_examples(3, 4, seed=7)
+    results = {}
+    for layout in ("naive", "packed"):
+        model.zero_grad()
+        batch = collate_listwise(examples, PAD, layout)
+        logps, _ = completion_logps(model, batch)
+        with torch.no_grad(), model.disable_adapter():
+            ref, _ = completion_logps(model, batch)
+        loss = listwise_preference_loss(logps[:, 0], logps[:, 1:], ref[:, 0], ref[:, 1:], beta=0.5).mean()
+        loss.backward()
+        results[layout] = (loss.detach(), lora_grads(model), ref)
+    (loss_n, grads_n, ref_n), (loss_p, grads_p, ref_p) = results["naive"], results["packed"]
+    torch.testing.assert_close(loss_p, loss_n, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref_p, ref_n, atol=1e-4, rtol=0)
+    assert grads_n and set(grads_n) == set(grads_p)
+    for name in grads_n:
+        assert grads_n[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads_p[name], grads_n[name], atol=1e-6, rtol=1e-3)
+
+
+def test_disable_adapter_gives_base_model_logps():
+    base = tiny_model("qwen2", seed=4)
+    model = tiny_model("qwen2", lora=True, seed=4)  # same base weights, random LoRA on top
+    examples = random_examples(2, 3, seed=8)
+    batch = collate_packed(examples, PAD)
+    with torch.no_grad():
+        expected, _ = completion_logps(base, batch)
+        adapted, _ = completion_logps(model, batch)
+        with model.disable_adapter():
+            disabled, _ = completion_logps(model, batch)
+    torch.testing.assert_close(disabled, expected, atol=1e-5, rtol=0)
+    assert (adapted - expected).abs().max() > 1e-3
+
+
+def test_bad_layout_and_attention_raise():
+    with pytest.raises(ValueError, match="scoring layout"):
+        collate_listwise(random_examples(1, 2), PAD, "dense")
+    model = tiny_model("qwen2")
+    model.config._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        completion_logps(model, collate_packed(random_examples(1, 2), PAD))
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A byte-level BPE trained here on a few movie titles, BOS added like Llama's tokenizer."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Answer: Toy Story (1995)", "Candidates: Toy Story (1995), Heat (1995), Casino (1995)",
+              "The user watched Toy Story (1995) and Jumanji (1995). Answer: Heat (1995)"] * 50
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def test_joint_tokenization_clean_boundary(bpe_tokenizer):
+    tok = bpe_tokenizer
+    prompt = "Candidates: Toy Story (1995), Heat (1995)\nAnswer:"
+    [ex] = tokenize_listwise(tok, [prompt], [[" Toy Story (1995)", " Heat (1995)"]])
+    assert ex["prompt_ids"] == tok(prompt)["input_ids"]
+    assert ex["prompt_ids"][0] == tok.bos_token_id
+    for comp, text in zip(ex["completion_ids"], [" Toy Story (1995)", " Heat (1995)"], strict=True):
+        assert comp[-1] == tok.eos_token_id
+        assert ex["prompt_ids"] + comp[:-1] == tok(prompt + text)["input_ids"]
+        assert tok.decode(comp[:-1]) == text
+
+
+def test_joint_tokenization_merge_across_boundary(bpe_tokenizer):
+    tok = bpe_tokenizer
+    prompt = "Answer: "  # the trailing space merges into " Toy" / " Heat" in the joint text
+    alone = tok(prompt)["input_ids"]
+    [ex] = tokenize_listwise(tok, [prompt], [["Toy Story (1995)", "Heat (1995)"]], add_eos=False)
+    assert ex["prompt_ids"] == tok("Answer:")["input_ids"] == alone[:-1]
+    for comp, text in zip(ex["completion_ids"], ["Toy Story (1995)", "Heat (1995)"], strict=True):
+        assert ex["prompt_ids"] + comp == tok(prompt + text)["input_ids"]
+        assert tok.decode(comp) == " " + text  # the completion starts at the first differing token
+
+
+def test_truncation_keeps_bos_and_prompt_end(bpe_tokenizer):
+    tok = bpe_tokenizer
+    prompt = "The user watched Toy Story (1995) and Jumanji (1995). Answer:"
+    full = tok(prompt)["input_ids"]
+    [ex] = tokenize_listwise(tok, [prompt], [[" Heat (1995)"]], max_prompt_length=5, max_completion_length=2)
+    assert ex["prompt_ids"] == [tok.bos_token_id] + full[-4:]
+    assert len(full) > 5
+    assert ex["completion_ids"] == [tok(prompt + " Heat (1995)")["input_ids"][len(full):][:2]]
+
+
+def test_token_inputs_are_taken_verbatim():
+    [ex] = tokenize_listwise(None, [[4, 5, 6, 7]], [[[8, 9, 10], [11]]], max_prompt_length=3,
+                             max_completion_length=2)
+    assert ex == {"prompt_ids": [5, 6, 7], "completion_ids": [[8, 9], [11]]}
+    with pytest.raises(ValueError, match="empty"):
+        tokenize_listwise(None, [[]], [[[1]]])
