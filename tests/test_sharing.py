@@ -1,0 +1,222 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from napo.losses import listwise_preference_loss
+from napo.sharing import gather_pool_ids, num_partners, select_partners, share_negatives
+
+
+def test_num_partners():
+    assert num_partners(16, 0.7) == 10  # the paper: 4 GPUs x 4, rho 0.7 -> 10 users
+    assert num_partners(16, 1.0) == 15
+    assert num_partners(6, 0.6) == 3  # 0.6 * 5 is 2.9999999999999996 in floating point
+    assert num_partners(1, 0.7) == 0 and num_partners(8, 0.0) == 0
+    with pytest.raises(ValueError, match="rho"):
+        num_partners(8, 1.5)
+
+
+def test_select_partners_two_clusters():
+    users = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.8]])
+    # S = floor(1/3 * 3) = 1: each user's nearest neighbour is in its own cluster
+    assert select_partners(users, 1 / 3).tolist() == [[1], [0], [3], [2]]
+    # S = 3: everyone, most similar first (row 1: dots 0.9, 0.17, 0.1 with rows 0, 3, 2)
+    assert select_partners(users, 1.0)[1].tolist() == [0, 3, 2]
+
+
+def test_dot_and_cosine_differ_and_ties_go_to_lower_index():
+    users = torch.tensor([[1.0, 0.0], [0.5, 0.0], [3.0, 3.0]])
+    assert select_partners(users, 0.5, "dot")[0].tolist() == [2]  # dot 3 > 0.5
+    assert select_partners(users, 0.5, "cosine")[0].tolist() == [1]  # cos 1 > 0.707
+    tied = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    partners = select_partners(tied, 2 / 3)
+    assert partners[0].tolist() == [1, 2] and partners[1].tolist() == [2, 3]
+    assert partners[3].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="similarity"):
+        select_partners(tied, 0.5, "l2")
+
+
+def test_pool_layout_and_collision_exclusion():
+    users = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.0, 1.0]])  # S = 1: 0<->1, 2 -> 0
+    chosen = torch.tensor([10, 20, 30])
+    rejected = torch.tensor([[11, 12, 13], [10, 11, 21], [12, 12, 31]])
+    own_mask = torch.tensor([[True, True, False], [True, True, True], [True, True, True]])
+    pool = gather_pool_ids(rejected, own_mask, chosen, users, ratio=0.5)
+    assert pool.partners.tolist() == [[1], [0], [0]]
+    assert pool.ids.tolist() == [
+        [11, 12, 13, 10, 11, 21],
+        [10, 11, 21, 11, 12, 13],
+        [12, 12, 31, 11, 12, 13],
+    ]
+    assert pool.shared.tolist() == [[False] * 3 + [True] * 3] * 3
+    assert pool.mask.tolist() == [
+        # 10 = own positive, 11 already own; 21 new. (own slot 13 stays masked as given)
+        [True, True, False, False, False, True],
+        # 11 already own; 12 new; 13 was masked in its owner's pool, so it stays masked
+        [True, True, True, False, True, False],
+        # own duplicates are kept as given; 12 already own; 11 new
+        [True, True, True, True, False, False],
+    ]
+    loose = gather_pool_ids(rejected, own_mask, chosen, users, ratio=0.5, exclude_collisions=False)
+    # row 0 borrows row 1's full pool; rows 1 and 2 borrow row 0's (its slot 13 is masked)
+    expected = [[True, True, True], [True, True, False], [True, True, False]]
+    assert loose.mask[:, 3:].tolist() == expected
+
+
+def test_duplicates_among_partners_are_dropped():
+    users = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.8, 0.0]])  # row 0 borrows from 1 then 2
+    pool = gather_pool_ids(
+        torch.tensor([[1], [5], [5]]), None, torch.tensor([0, 7, 8]), users, ratio=1.0
+    )
+    assert pool.ids[0].tolist() == [1, 5, 5]
+    assert pool.mask[0].tolist() == [True, True, False]
+
+
+def _batch(n=8, k=3, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "chosen_logps": torch.randn(n, generator=g, dtype=torch.float64) * 3 - 20,
+        "rejected_logps": torch.randn(n, k, generator=g, dtype=torch.float64) * 3 - 20,
+        "rejected_ids": torch.randint(0, 12, (n, k), generator=g),
+        "rejected_mask": torch.rand(n, k, generator=g) > 0.2,
+        "chosen_ids": torch.randint(0, 12, (n,), generator=g),
+        "user_vectors": torch.randn(n, d, generator=g),
+        "aux_scores": torch.randn(n, k, generator=g),
+    }
+
+
+def _loss_and_grads(batch, **kwargs):
+    """Mean pooled NAPO loss over `batch`'s rows, and its gradients wrt both log-prob inputs."""
+    chosen = batch["chosen_logps"].clone().requires_grad_()
+    rejected = batch["rejected_logps"].clone().requires_grad_()
+    pool = share_negatives(
+        rejected,
+        batch["rejected_ids"],
+        batch["rejected_mask"],
+        batch["chosen_ids"],
+        batch["user_vectors"],
+        ratio=0.7,
+        extras={"aux": batch["aux_scores"]},
+        **kwargs,
+    )
+    loss = listwise_preference_loss(
+        chosen, pool.logps, beta=1.0, margin=0.5, rejected_mask=pool.mask
+    ).mean()
+    loss.backward()
+    zeros = torch.zeros_like(rejected)
+    return loss.detach(), chosen.grad, zeros if rejected.grad is None else rejected.grad, pool
+
+
+def test_corrected_keeps_gradients_faithful_detaches():
+    batch = _batch()
+    _, g_chosen, g_rej, pool = _loss_and_grads(batch, mode="corrected")
+    assert g_rej.abs().sum() > 0 and g_chosen.abs().sum() > 0
+    assert pool.logps.shape == (8, 3 * (1 + 4)) and pool.extras["aux"].shape == (8, 15)
+    # own slots are the own tensors; shared slots the partners' (their log-probs and aux scores)
+    torch.testing.assert_close(pool.logps[:, :3].detach(), batch["rejected_logps"])
+    p = pool.partners[:, 0]
+    torch.testing.assert_close(pool.logps[:, 3:6].detach(), batch["rejected_logps"][p])
+    torch.testing.assert_close(pool.extras["aux"][:, 3:6], batch["aux_scores"][p])
+    loss_f, g_chosen_f, g_rej_f, _ = _loss_and_grads(batch, mode="faithful")
+    assert (g_rej_f == 0).all() and g_chosen_f.abs().sum() > 0
+    # same value in both modes: only the gradient differs
+    loss_c, *_ = _loss_and_grads(batch, mode="corrected")
+    torch.testing.assert_close(loss_f, loss_c)
+    with pytest.raises(ValueError, match="napo mode"):
+        _loss_and_grads(batch, mode="exact")
+
+
+def test_pool_matches_brute_force_loss():
+    """The pooled loss equals a per-example loop over explicit lists of negatives."""
+    batch = _batch(seed=3)
+    loss, *_ = _loss_and_grads(batch)
+    partners = select_partners(batch["user_vectors"], 0.7)
+    total = 0.0
+    for n in range(8):
+        seen, scores = set(), []
+        for k in range(3):  # own negatives, as given
+            if batch["rejected_mask"][n, k]:
+                scores.append(batch["rejected_logps"][n, k])
+                seen.add(int(batch["rejected_ids"][n, k]))
+        for m in partners[n].tolist():
+            for k in range(3):
+                item = int(batch["rejected_ids"][m, k])
+                if (
+                    batch["rejected_mask"][m, k]
+                    and item not in seen
+                    and item != batch["chosen_ids"][n]
+                ):
+                    scores.append(batch["rejected_logps"][m, k])
+                    seen.add(item)
+        z = 0.5 + torch.logsumexp(torch.stack(scores) - batch["chosen_logps"][n], 0)
+        total += torch.nn.functional.softplus(z)
+    torch.testing.assert_close(loss, total / 8)
+
+
+def test_no_partners_returns_own_pool():
+    batch = _batch(n=1)
+    pool = share_negatives(
+        batch["rejected_logps"],
+        batch["rejected_ids"],
+        batch["rejected_mask"],
+        batch["chosen_ids"],
+        batch["user_vectors"],
+        ratio=0.7,
+    )
+    assert pool.partners.shape == (1, 0)
+    assert torch.equal(pool.logps, batch["rejected_logps"])
+    assert torch.equal(pool.mask, batch["rejected_mask"])
+
+
+WORLD, LOCAL_B = 2, 4
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        rows = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+        local = {k: v[rows] for k, v in _batch().items()}
+        out = {}
+        for name, kwargs in {
+            "corrected": {"mode": "corrected"},
+            "detached": {"mode": "corrected", "cross_rank_grad": False},
+            "faithful": {"mode": "faithful"},
+        }.items():
+            loss, g_chosen, g_rej, pool = _loss_and_grads(local, **kwargs)
+            out.update({f"{name}/loss": loss.reshape(1), f"{name}/g_chosen": g_chosen})
+            out.update({f"{name}/g_rejected": g_rej, f"{name}/ids": pool.ids})
+            out.update(
+                {f"{name}/mask": pool.mask.to(torch.uint8), f"{name}/aux": pool.extras["aux"]}
+            )
+        save_file(out, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~5-10 s: two spawned gloo processes
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
+    cat = lambda key: torch.cat([r[key] for r in ranks])  # noqa: E731
+
+    loss, g_chosen, g_rej, pool = _loss_and_grads(_batch(), mode="corrected")
+    for name in ("corrected", "detached", "faithful"):
+        # DDP averages gradients over processes, so the global-mean loss is the mean of the
+        # per-process means and its gradient is each process's gradient / WORLD.
+        torch.testing.assert_close(cat(f"{name}/loss").mean(), loss, atol=1e-5, rtol=0)
+        assert torch.equal(cat(f"{name}/ids"), pool.ids)
+        assert torch.equal(cat(f"{name}/mask").bool(), pool.mask)
+        torch.testing.assert_close(cat(f"{name}/aux"), pool.extras["aux"])
+        torch.testing.assert_close(cat(f"{name}/g_chosen") / WORLD, g_chosen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cat("corrected/g_rejected") / WORLD, g_rej, atol=1e-5, rtol=0)
+    # without the differentiable gather, negatives borrowed across processes get no gradient
+    assert not torch.allclose(cat("detached/g_rejected") / WORLD, g_rej, atol=1e-5)
+    assert (cat("faithful/g_rejected") == 0).all()
