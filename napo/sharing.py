@@ -149,6 +149,7 @@ def gather_pool_ids(
     ratio: float,
     similarity: str = "dot",
     exclude_collisions: bool = True,
+    extras: dict[str, Tensor] | None = None,
 ) -> NegativePool:
     """The extended pool's item ids and mask for each local example (no log-probs).
 
@@ -158,8 +159,9 @@ def gather_pool_ids(
         ratio: rho. similarity: "dot" | "cosine".
         exclude_collisions: mask shared items equal to the own positive or already in the pool
             (the reference code does not; pass False to reproduce that).
+        extras: name -> [B, K] per-negative tensors (e.g. aux scores) to pool alike, detached.
     Returns:
-        NegativePool with ids, mask, shared, partners (logps None, extras empty).
+        NegativePool with ids, mask, shared, partners, extras (logps None).
     """
     _check_equal_shapes(rejected_ids)
     rank, _ = _world()
@@ -182,7 +184,8 @@ def gather_pool_ids(
         earlier = earlier.tril(diagonal=-1)
         repeat = (same & earlier & mask.unsqueeze(1)).any(-1)  # [B, P]
         mask = mask & ~(shared & repeat)  # own negatives are kept as given
-    return NegativePool(ids=ids, mask=mask, shared=shared.clone(), partners=partners)
+    pooled = {name: _pool(_gather(v), v.detach(), partners) for name, v in (extras or {}).items()}
+    return NegativePool(ids, mask, shared.clone(), partners, extras=pooled)
 
 
 def share_negatives(
@@ -224,10 +227,10 @@ def share_negatives(
         ratio=ratio,
         similarity=similarity,
         exclude_collisions=exclude_collisions,
+        extras=extras,
     )
     if pool.partners.shape[1] == 0:  # nothing to borrow (S = 0): skip the collectives
         pool.logps = rejected_logps.detach() if mode == "faithful" else rejected_logps
-        pool.extras = {name: value.detach() for name, value in (extras or {}).items()}
         return pool
     if mode == "faithful":
         own = rejected_logps.detach()
@@ -236,6 +239,4 @@ def share_negatives(
         own = rejected_logps
         global_logps = _gather(rejected_logps, keep_local_grad=True, differentiable=cross_rank_grad)
     pool.logps = _pool(global_logps, own, pool.partners)  # [B, P]
-    for name, value in (extras or {}).items():
-        pool.extras[name] = _pool(_gather(value), value.detach(), pool.partners)
     return pool

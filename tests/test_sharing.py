@@ -74,6 +74,19 @@ def test_duplicates_among_partners_are_dropped():
     )
     assert pool.ids[0].tolist() == [1, 5, 5]
     assert pool.mask[0].tolist() == [True, True, False]
+    # extras travel with their items (rescore path: ids + aux scores, no log-probs)
+    aux = torch.tensor([[0.1], [0.5], [0.9]], requires_grad=True)
+    pool = gather_pool_ids(
+        torch.tensor([[1], [5], [6]]),
+        None,
+        torch.tensor([0, 7, 8]),
+        users,
+        ratio=1.0,
+        extras={"aux": aux},
+    )
+    assert pool.logps is None and not pool.extras["aux"].requires_grad
+    torch.testing.assert_close(pool.extras["aux"][0], torch.tensor([0.1, 0.5, 0.9]))
+    torch.testing.assert_close(pool.extras["aux"][2], torch.tensor([0.9, 0.1, 0.5]))
 
 
 def _batch(n=8, k=3, d=5, seed=0):
