@@ -1,0 +1,283 @@
+"""Evaluation outputs: metrics.json, predictions.jsonl, report.md, plots/*.png, and run comparison.
+
+metrics.json layout (one object):
+    name, dataset, dataset_fingerprint, split, num_examples, num_candidates, modes, scorer,
+    "rank":     {hr@k, ndcg@k, mrr, pop/...}                          (when rank was run)
+    "generate": {hr@1, hr@1_valid, valid_ratio, num_*, pop/...}       (when generate was run)
+NaN (e.g. a band without targets) is written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napo.eval.metrics import BAND_NAMES
+
+
+class EvalOutputError(ValueError):
+    """A run directory that cannot be read (one clear line)."""
+
+
+def _clean(value):
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> Path:
+    path = Path(output_dir) / "metrics.json"
+    _atomic_write(path, json.dumps(_clean(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def write_predictions(output_dir: str | os.PathLike, predictions: Sequence[dict]) -> Path:
+    path = Path(output_dir) / "predictions.jsonl"
+    lines = (json.dumps(_clean(p), sort_keys=True, allow_nan=False) for p in predictions)
+    _atomic_write(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+def load_metrics(run_dir: str | os.PathLike) -> dict:
+    """metrics.json of an evaluation run directory."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise EvalOutputError(f"{path}: no metrics.json; run recipes/evaluate.py with --output_dir {run_dir} first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvalOutputError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); re-run the evaluation") from err
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub markdown table; cells are formatted with `_fmt` unless already strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(c if isinstance(c, str) else _fmt(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def _ks(section: dict, prefix: str = "hr@") -> list[int]:
+    return sorted(int(k[len(prefix):]) for k in section if k.startswith(prefix) and k[len(prefix):].isdigit())
+
+
+def _pop_ks(section: dict) -> list[int]:
+    return sorted({int(k.split("@")[1].split("/")[0]) for k in section if k.startswith("pop/hr@") and "/" in k[7:]})
+
+
+def render_report(metrics: dict, plots: Sequence[str] = ()) -> str:
+    """report.md text of one evaluation run."""
+    lines = [f"# Evaluation: {metrics.get('name', 'run')}", ""]
+    setup = [
+        ("dataset", metrics.get("dataset")), ("split", metrics.get("split")),
+        ("examples", metrics.get("num_examples")), ("candidates per example", metrics.get("num_candidates")),
+        ("modes", ", ".join(metrics.get("modes", []))), ("scorer", metrics.get("scorer")),
+        ("dataset fingerprint", metrics.get("dataset_fingerprint")),
+    ]
+    lines += [markdown_table(["setting", "value"], [(k, str(v) if v is not None else "–") for k, v in setup]), ""]
+    rank = metrics.get("rank")
+    if rank:
+        ks = _ks(rank)
+        lines += ["## Ranking by log-likelihood (`rank`)", "",
+                  "Pessimistic ties: a target tied with other candidates ranks after them.", ""]
+        header = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
+        lines += [markdown_table(header, [[rank.get(f"hr@{k}") for k in ks]
+                                          + [rank.get(f"ndcg@{k}") for k in ks] + [rank.get("mrr")]]), ""]
+    gen = metrics.get("generate")
+    if gen:
+        lines += ["## Greedy generation and title matching (`generate`)", "",
+                  "HR@1 = hits / all examples (S-DPO, NAPO); HR@1 (valid) = hits / valid answers (LLaRA).", ""]
+        lines += [markdown_table(
+            ["HR@1", "HR@1 (valid)", "ValidRatio", "hits", "valid", "exact", "contained", "ambiguous", "no match"],
+            [[gen.get("hr@1"), gen.get("hr@1_valid"), gen.get("valid_ratio"), gen.get("num_hits"),
+              gen.get("num_valid"), gen.get("num_exact"), gen.get("num_contained"),
+              gen.get("num_ambiguous"), gen.get("num_no_match")]]), ""]
+    lines += ["## Popularity bands", "",
+              "Bands by training interactions: head = most popular items holding the first third of "
+              "interactions, mid the next third, tail the rest (and unseen items).", ""]
+    header, rows = ["band", "share of targets"], []
+    sections = [(name, sec) for name, sec in (("rank", rank), ("generate", gen)) if sec]
+    for name, sec in sections:
+        header += [f"{name} HR@{k}" for k in _pop_ks(sec)]
+    for band in BAND_NAMES:
+        any_sec = sections[0][1] if sections else {}
+        row = [band, any_sec.get(f"pop/targets/{band}")]
+        for _, sec in sections:
+            row += [sec.get(f"pop/hr@{k}/{band}") for k in _pop_ks(sec)]
+        rows.append(row)
+    if sections:
+        row = ["balance (1 - Gini)", ""]
+        for _, sec in sections:
+            row += [sec.get(f"pop/balance@{k}") for k in _pop_ks(sec)]
+        rows.append(row)
+        lines += [markdown_table(header, rows), ""]
+        exp_rows = []
+        for name, sec in sections:
+            for k in _pop_ks(sec):
+                exp_rows.append([f"{name} top-{k}", sec.get(f"pop/avg_popularity@{k}"),
+                                 sec.get(f"pop/tail_share@{k}"), sec.get(f"pop/coverage@{k}"),
+                                 sec.get(f"pop/gini@{k}")])
+        lines += [markdown_table(["recommended", "avg popularity", "tail share", "coverage", "Gini"],
+                                 exp_rows), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_hr_curve(target_ranks: Sequence[int], num_candidates: int, path: Path,
+                  generate_hr1: float | None = None) -> Path:
+    """HR@K for K = 1..C from the rank-mode target ranks (and generate's HR@1 as one point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranks = np.asarray(target_ranks, dtype=np.float64)
+    ks = np.arange(1, num_candidates + 1)
+    hr = [(ranks <= k).mean() if ranks.size else np.nan for k in ks]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ks, hr, marker="o", markersize=3, label="rank (log-likelihood)")
+    ax.plot(ks, ks / num_candidates, linestyle="--", color="grey", label="random")
+    if generate_hr1 is not None and math.isfinite(generate_hr1):
+        ax.scatter([1], [generate_hr1], color="red", zorder=3, label="generate HR@1")
+    ax.set_xlabel("K")
+    ax.set_ylabel("HR@K")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_band_hr(metrics: dict, path: Path) -> Path:
+    """Grouped bars: HR per popularity band for each section and k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = []
+    for name in ("rank", "generate"):
+        sec = metrics.get(name) or {}
+        for k in _pop_ks(sec):
+            values = [sec.get(f"pop/hr@{k}/{b}") for b in BAND_NAMES]
+            series.append((f"{name} HR@{k}", [np.nan if v is None else v for v in values]))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(BAND_NAMES))
+    for i, (label, values) in enumerate(series):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label)
+    ax.set_xticks(x, BAND_NAMES)
+    ax.set_ylabel("HR")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("HR by popularity band of the target")
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: str | os.PathLike, metrics: dict, predictions: Sequence[dict]) -> Path:
+    """Write plots/*.png and report.md for one run (metrics.json layout above)."""
+    out = Path(output_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    plots = []
+    if metrics.get("rank") and predictions and "target_rank" in predictions[0]:
+        gen_hr1 = (metrics.get("generate") or {}).get("hr@1")
+        plot_hr_curve([p["target_rank"] for p in predictions], int(metrics["num_candidates"]),
+                      out / "plots" / "hr_at_k.png", gen_hr1)
+        plots.append("plots/hr_at_k.png")
+    if metrics.get("rank") or metrics.get("generate"):
+        plot_band_hr(metrics, out / "plots" / "hr_by_band.png")
+        plots.append("plots/hr_by_band.png")
+    path = out / "report.md"
+    _atomic_write(path, render_report(metrics, plots) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- comparison
+
+# (column header, section, key); the first that exists in a run fills the cell
+COMPARE_COLUMNS = (
+    ("HR@1", "rank", "hr@1"),
+    ("HR@5", "rank", "hr@5"),
+    ("HR@10", "rank", "hr@10"),
+    ("NDCG@10", "rank", "ndcg@10"),
+    ("MRR", "rank", "mrr"),
+    ("gen HR@1", "generate", "hr@1"),
+    ("ValidRatio", "generate", "valid_ratio"),
+    ("gen HR@1 (valid)", "generate", "hr@1_valid"),
+    ("HR@10 head", "rank", "pop/hr@10/head"),
+    ("HR@10 mid", "rank", "pop/hr@10/mid"),
+    ("HR@10 tail", "rank", "pop/hr@10/tail"),
+    ("top-1 avg pop", "rank", "pop/avg_popularity@1"),
+    ("top-10 tail share", "rank", "pop/tail_share@10"),
+)
+
+
+def compare(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> str:
+    """One markdown table comparing evaluation runs (rows = runs, in the given order).
+
+    A cell is "–" when the run did not compute it (e.g. generate columns of Popularity).
+    Raises EvalOutputError when runs disagree on dataset fingerprint, split or example count:
+    their numbers would not be comparable.
+    """
+    runs = [load_metrics(d) for d in run_dirs]
+    if names is not None and len(names) != len(runs):
+        raise EvalOutputError(f"{len(names)} names for {len(runs)} runs; give one name per run")
+    for key in ("dataset_fingerprint", "split", "num_examples"):
+        values = {str(r.get(key)) for r in runs}
+        if len(values) > 1:
+            detail = ", ".join(f"{d}: {r.get(key)}" for d, r in zip(run_dirs, runs, strict=True))
+            raise EvalOutputError(f"runs differ in {key} ({detail}); compare runs on the same data")
+    header = ["method"] + [c[0] for c in COMPARE_COLUMNS]
+    rows = []
+    for i, run in enumerate(runs):
+        name = names[i] if names is not None else run.get("name") or Path(run_dirs[i]).name
+        rows.append([name] + [(run.get(sec) or {}).get(key) for _, sec, key in COMPARE_COLUMNS])
+    # drop columns that no run has
+    keep = [0] + [j + 1 for j in range(len(COMPARE_COLUMNS)) if any(r[j + 1] is not None for r in rows)]
+    first = runs[0] if runs else {}
+    caption = (f"{first.get('dataset', '?')} / {first.get('split', '?')}: {first.get('num_examples', '?')} examples, "
+               f"{first.get('num_candidates', '?')} candidates each; ties pessimistic; "
+               "gen HR@1 = hits / all (S-DPO, NAPO), (valid) = hits / valid answers (LLaRA).")
+    table = markdown_table([header[j] for j in keep], [[r[j] for j in keep] for r in rows])
+    return caption + "\n\n" + table

@@ -1,0 +1,266 @@
+"""The evaluator: shard the examples over processes, run a scorer and/or a generator in batches,
+gather, compute metrics once, write the outputs (docs/contracts.md §5).
+
+Sharding is by whole batches: the examples are cut into batches of `batch_size` in dataset
+order, and process p of P takes a contiguous block of batches. Every batch therefore holds the
+same examples whatever P is (so padding, and the float results, do not depend on P), and the
+gathered outputs come back in dataset order. Metrics are computed from the gathered outputs, so
+one process and P processes give identical metrics.
+
+    evaluate(model, tokenizer, dataset_dir, split, mode, output_dir)      # an LLM
+    evaluate(None, None, dataset_dir, split, "rank", output_dir, scorer=PopularityScorer(...))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from napo.eval.metrics import DEFAULT_KS
+from napo.eval.report import write_metrics, write_predictions, write_report
+from napo.eval.results import POP_KS, generate_results, rank_results
+from napo.eval.rows import batch_candidate_titles, target_indices
+
+MODES = ("rank", "generate", "both")
+_COLUMNS = ("user_id", "target", "candidates", "prompt", "chosen", "rejected")
+
+
+class EvalError(ValueError):
+    """A one-line, user-facing problem with the evaluation inputs."""
+
+
+def modes_of(mode: str) -> list[str]:
+    if mode not in MODES:
+        raise EvalError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+    return ["rank", "generate"] if mode == "both" else [mode]
+
+
+def shard_bounds(num_rows: int, batch_size: int, num_processes: int, process_index: int) -> tuple[int, int]:
+    """Rows [start, end) of one process: a contiguous block of whole batches."""
+    if batch_size < 1:
+        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
+    num_batches = math.ceil(num_rows / batch_size)
+    first = num_batches * process_index // num_processes
+    last = num_batches * (process_index + 1) // num_processes
+    return min(first * batch_size, num_rows), min(last * batch_size, num_rows)
+
+
+def train_counts_array(items) -> np.ndarray:
+    """[max item id + 1] training counts from the items table (item_id, train_count)."""
+    ids = np.asarray(items["item_id"], dtype=np.int64)
+    counts = np.zeros(int(ids.max()) + 1 if len(ids) else 0, dtype=np.int64)
+    counts[ids] = np.asarray(items["train_count"], dtype=np.int64)
+    return counts
+
+
+def _run_batches(fn: Callable, rows, start: int, end: int, batch_size: int, desc: str,
+                 show_progress: bool) -> list:
+    """fn(batch, indices) over rows[start:end] in batches; one output per row, in order."""
+    outputs = []
+    starts = range(start, end, batch_size)
+    for b in tqdm(starts, desc=desc, unit="batch", disable=not show_progress):
+        indices = list(range(b, min(b + batch_size, end)))
+        batch = rows[b: indices[-1] + 1]  # a dict of columns
+        result = fn(batch, indices)
+        if hasattr(result, "tolist"):
+            result = result.tolist()
+        result = list(result)
+        if len(result) != len(indices):
+            raise EvalError(f"{desc}: got {len(result)} outputs for a batch of {len(indices)} examples")
+        outputs.extend(result)
+    return outputs
+
+
+def evaluate_rows(
+    rows,
+    train_counts: Sequence[int],
+    output_dir: str | os.PathLike | None,
+    *,
+    scorer: Callable | None = None,
+    generator: Callable | None = None,
+    batch_size: int = 8,
+    ks: Sequence[int] = DEFAULT_KS,
+    pop_ks: Sequence[int] = POP_KS,
+    info: dict | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Evaluate prepared-dataset rows with a scorer (rank) and/or a generator (generate).
+
+    Args:
+        rows: a `datasets.Dataset` (or anything whose slice `rows[a:b]` is a dict of columns)
+            with the contract columns. Rows are evaluated in order.
+        train_counts: [num_items] training interaction counts (popularity bands).
+        output_dir: where the main process writes metrics.json, predictions.jsonl, report.md
+            and plots/ (None: write nothing).
+        scorer: `CandidateScorer` -> the "rank" section; generator: `AnswerGenerator` -> the
+            "generate" section. At least one.
+        info: extra top-level fields of metrics.json (name, dataset, split, scorer, ...).
+    Returns:
+        The metrics dict (same on every process).
+    """
+    if scorer is None and generator is None:
+        raise EvalError("nothing to evaluate: give a scorer (rank), a generator (generate) or both")
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    n = len(rows)
+    if n == 0:
+        raise EvalError("the split has no examples to evaluate")
+    start, end = shard_bounds(n, batch_size, state.num_processes, state.process_index)
+    show = show_progress and state.is_local_main_process
+    everything = rows[0:n]
+    candidates = np.asarray(everything["candidates"], dtype=np.int64)  # [N, C]
+    targets = np.asarray(everything["target"], dtype=np.int64)
+    counts = np.asarray(train_counts, dtype=np.int64)
+    if candidates.max() >= len(counts) or targets.max() >= len(counts):
+        raise EvalError(f"item ids up to {int(candidates.max())} but the items table has {len(counts)} ids; "
+                        "the dataset and its items.jsonl do not match")
+    metrics = {"num_examples": n, "num_candidates": int(candidates.shape[1]), "modes": []}
+    metrics.update(info or {})
+    predictions = [{"row": i, "user_id": int(u), "target": int(t)}
+                   for i, (u, t) in enumerate(zip(everything["user_id"], targets, strict=True))]
+
+    if scorer is not None:
+        local = _run_batches(scorer, rows, start, end, batch_size, "rank", show)
+        scores = gather_object(local) if state.num_processes > 1 else local
+        section, per_row = rank_results(np.asarray(scores, dtype=np.float64), candidates,
+                                        target_indices(everything), targets, counts, ks, pop_ks)
+        metrics["rank"] = section
+        metrics["modes"].append("rank")
+        for p, extra in zip(predictions, per_row, strict=True):
+            p.update(extra)
+
+    if generator is not None:
+        local = _run_batches(generator, rows, start, end, batch_size, "generate", show)
+        answers = gather_object(local) if state.num_processes > 1 else local
+        section, per_row = generate_results(answers, batch_candidate_titles(everything), candidates,
+                                            targets, counts)
+        metrics["generate"] = section
+        metrics["modes"].append("generate")
+        for p, extra in zip(predictions, per_row, strict=True):
+            p.update(extra)
+
+    if output_dir is not None and state.is_main_process:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_metrics(out, metrics)
+        write_predictions(out, predictions)
+        write_report(out, metrics, predictions)
+    state.wait_for_everyone()
+    return metrics
+
+
+def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | None = None):
+    """(rows, items, meta) of one split of a prepared dataset, cut to the first max_examples rows."""
+    from data_prep.prepared import load_prepared
+
+    dataset, items, meta = load_prepared(dataset_dir)
+    if split not in dataset:
+        raise EvalError(f"{dataset_dir}: no split {split!r} (has {', '.join(dataset.keys())}); pick one of them")
+    rows = dataset[split]
+    missing = [c for c in _COLUMNS if c not in rows.column_names]
+    if missing:
+        raise EvalError(f"{dataset_dir}/{split}: missing column(s) {', '.join(missing)}; re-run data_prep")
+    if max_examples is not None:
+        if max_examples < 1:
+            raise EvalError(f"--max_examples must be >= 1, got {max_examples}")
+        rows = rows.select(range(min(max_examples, len(rows))))
+    return rows, items, meta
+
+
+def evaluate(
+    model=None,
+    tokenizer=None,
+    dataset_dir: str | os.PathLike = "",
+    split: str = "test",
+    mode: str = "rank",
+    output_dir: str | os.PathLike | None = None,
+    *,
+    scorer: Callable | None = None,
+    generator: Callable | None = None,
+    batch_size: int = 8,
+    max_examples: int | None = None,
+    length_normalize: bool = False,
+    layout: str = "packed",
+    max_new_tokens: int = 20,
+    completion_prefix: str = "",
+    max_prompt_length: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    name: str | None = None,
+    config: dict | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Evaluate a causal LM (or an injected scorer / generator) on one split of a prepared dataset.
+
+    mode: "rank" (log-likelihood ranking of the candidates), "generate" (greedy decoding and
+    title matching) or "both". With `model` and `tokenizer`, the LLM scorer / generator are built
+    here (`LikelihoodScorer(layout, length_normalize)`, `GreedyGenerator(max_new_tokens)`);
+    an injected `scorer` / `generator` replaces them (non-LLM recommenders, tests).
+
+    Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/report.md, OUT/plots/*.png and
+    OUT/run.json (main process only) and returns the metrics dict.
+    """
+    wanted = modes_of(mode)
+    rows, items, meta = load_split(dataset_dir, split, max_examples)
+    if model is not None and not getattr(model, "hf_device_map", None):
+        from accelerate import PartialState
+
+        model.to(PartialState().device)  # each process scores its shard on its own device
+    if "rank" in wanted and scorer is None:
+        if model is None:
+            raise EvalError("mode rank needs a model (or an injected scorer)")
+        from napo.eval.rank import LikelihoodScorer
+
+        scorer = LikelihoodScorer(model, tokenizer, layout=layout, length_normalize=length_normalize,
+                                  completion_prefix=completion_prefix, max_prompt_length=max_prompt_length)
+    if "generate" in wanted and generator is None:
+        if model is None:
+            raise EvalError("mode generate needs a model (or an injected generator)")
+        from napo.eval.generate import GreedyGenerator
+
+        generator = GreedyGenerator(model, tokenizer, max_new_tokens=max_new_tokens,
+                                    completion_prefix=completion_prefix, max_prompt_length=max_prompt_length)
+    if "rank" not in wanted:
+        scorer = None
+    if "generate" not in wanted:
+        generator = None
+    scorer_name = getattr(scorer, "name", None) or (type(scorer).__name__ if scorer is not None else None)
+    info = {
+        "name": name or (Path(output_dir).name if output_dir is not None else "run"),
+        "dataset": meta.get("dataset"),
+        "dataset_dir": str(dataset_dir),
+        "dataset_fingerprint": meta.get("fingerprint"),
+        "item_format": meta.get("item_format"),
+        "split": split,
+        "scorer": scorer_name if scorer is not None else type(generator).__name__,
+    }
+    if scorer is not None and hasattr(scorer, "layout"):
+        info["rank_settings"] = {"layout": scorer.layout, "length_normalize": scorer.length_normalize}
+    if generator is not None and hasattr(generator, "generation_config"):
+        info["generation_config"] = generator.generation_config.to_diff_dict()
+    metrics = evaluate_rows(rows, train_counts_array(items), output_dir, scorer=scorer, generator=generator,
+                            batch_size=batch_size, ks=ks, info=info, show_progress=show_progress)
+    if output_dir is not None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process:
+            from napo.utils import write_run_info
+
+            run_config = {
+                "dataset_dir": str(dataset_dir), "split": split, "mode": mode, "batch_size": batch_size,
+                "max_examples": max_examples, "length_normalize": length_normalize, "layout": layout,
+                "max_new_tokens": max_new_tokens, "completion_prefix": completion_prefix,
+                "max_prompt_length": max_prompt_length, "ks": list(ks), "num_processes": state.num_processes,
+                **info, **(config or {}),
+            }
+            write_run_info(output_dir, run_config, seed)
+        state.wait_for_everyone()
+    return metrics
