@@ -1,0 +1,53 @@
+"""`python -m data_prep --dataset NAME --output-dir DIR [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_prep.errors import DataPrepError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Turn interaction logs into candidate-list prompt datasets (train/valid/test).",
+    )
+    p.add_argument("--dataset", required=True,
+                   help="ml-100k | ml-1m | lastfm | lastfm-llara | seq-txt | interactions")
+    p.add_argument("--output-dir", required=True, help="where the DatasetDict is written")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    p.add_argument("--input-dir", help="folder of a presplit source (lastfm-llara, seq-txt)")
+    p.add_argument("--interactions", help="interactions file (csv/tsv/parquet/jsonl) for --dataset interactions")
+    p.add_argument("--items", help="items file (item_id, title) for --dataset interactions")
+    p.add_argument("--min-rating", type=float, default=None, help="keep interactions with rating >= this")
+    p.add_argument("--domain", default=None, help="movie | music | book | game | generic (template choice)")
+    p.add_argument("--template", default=None, help="your own template file (see data_prep/templates)")
+    p.add_argument("--min-history", type=int, default=3, help="fewest previous items in an example")
+    p.add_argument("--max-history", type=int, default=10, help="most previous items in an example")
+    p.add_argument("--split", default="user", choices=("user", "loo", "time"),
+                   help="user: users 8:1:1; loo: leave-one-out; time: global time cut-offs")
+    p.add_argument("--num-candidates", type=int, default=20, help="target + negatives per example")
+    p.add_argument("--candidate-sampler", default="llara", help="llara | uniform | popularity")
+    p.add_argument("--popularity-alpha", type=float, default=1.0, help="popularity sampler: p ~ count^alpha")
+    p.add_argument("--item-format", default="title", help="title | token (<item_ID> tokens)")
+    p.add_argument("--seed", type=int, default=42, help="user split, template choice, uniform/popularity samplers")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from data_prep.build import build, print_summary
+
+        meta = build(args)
+    except DataPrepError as err:
+        print(f"data_prep: error: {err}", file=sys.stderr)
+        return err.exit_code
+    print_summary(meta, args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

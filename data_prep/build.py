@@ -1,0 +1,272 @@
+"""The data_prep pipeline: source -> sequences -> split -> candidates -> prompts -> output.
+
+Output (the contract in docs/contracts.md, section 1): a `datasets.DatasetDict` saved to DIR
+with splits train/valid/test, `DIR/items.jsonl` and `DIR/meta.json`. Everything is written to a
+temporary sibling of DIR and renamed at the end, so a failed run leaves nothing at DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from datasets.table import InMemoryTable
+from tqdm.auto import tqdm
+
+from data_prep import candidates as cand
+from data_prep import prompts, sequences
+from data_prep.errors import DataPrepError
+from data_prep.sources import Examples, SourceData, load_source
+
+FORMAT_VERSION = 1
+COLUMNS = ("user_id", "history", "target", "candidates", "prompt", "chosen", "rejected")
+SPLITS = sequences.SPLITS
+# Arguments that change nothing in the output; they stay out of meta.json and its fingerprint.
+_NOT_CONTENT = {"output_dir", "overwrite", "quiet"}
+CHUNK_ROWS = 200_000
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("napo")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_output_dir(args: argparse.Namespace) -> Path:
+    out = Path(args.output_dir)
+    if out.exists() and not args.overwrite:
+        raise DataPrepError(f"{out}: output directory exists; choose another --output-dir or pass --overwrite")
+    return out
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.num_candidates < 2:
+        raise DataPrepError(f"--num-candidates {args.num_candidates}: need at least 2 (the target and one negative)")
+    if args.min_history < 0 or args.max_history < 1 or args.min_history > args.max_history:
+        raise DataPrepError(
+            f"--min-history {args.min_history} / --max-history {args.max_history}: need "
+            "0 <= min-history <= max-history and max-history >= 1"
+        )
+    if args.candidate_sampler not in cand.SAMPLERS:
+        raise DataPrepError(f"unknown --candidate-sampler '{args.candidate_sampler}'; choose one of: {', '.join(cand.SAMPLERS)}")
+    if args.item_format not in prompts.ITEM_FORMATS:
+        raise DataPrepError(f"unknown --item-format '{args.item_format}'; choose title or token")
+
+
+def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, Examples], np.ndarray, dict]:
+    """Sequences + split. Returns (examples per split, train_count per catalogue item, counts)."""
+    n_items = len(src.items)
+    if src.examples is not None:
+        split_ex = {s: sequences.clip_presplit(src.examples[s], args.min_history, args.max_history)
+                    for s in SPLITS}
+        users = int(sum(len(np.unique(e.user_id)) for e in src.examples.values()))
+        interactions = None
+        counts = src.train_counts
+    else:
+        user, item, ts = sequences.sort_interactions(src.interactions)
+        n_users = int(user.max()) + 1 if len(user) else 0
+        ex, pos, from_end = sequences.windows(user, item, args.min_history, args.max_history)
+        split_ex = sequences.split_examples(ex, args.split, args.seed, n_users=n_users,
+                                            from_end=from_end, target_time=ts[pos], all_times=ts)
+        counts = sequences.train_counts(user, item, ts, args.split, args.seed, n_users, n_items)
+        users, interactions = n_users, int(len(item))
+    info = {"users": users, "items": n_items, "interactions": interactions}
+    return split_ex, np.asarray(counts, dtype=np.int64), info
+
+
+def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+
+
+def split_table(ex: Examples, cands: np.ndarray, titles: pa.Array, names: pa.Array,
+                templates: list[str], choice: np.ndarray, num_candidates: int,
+                desc: str, quiet: bool) -> pa.Table:
+    """Arrow table with the contract columns for one split (built in chunks of rows)."""
+    n = len(ex)
+    chunks = []
+    for start in tqdm(range(0, max(n, 1), CHUNK_ROWS), desc=f"prompts {desc}", unit="chunk",
+                      leave=False, disable=quiet):
+        stop = min(start + CHUNK_ROWS, n)
+        offs = ex.hist_offsets[start:stop + 1]
+        hist = _list_array(offs - offs[0], pa.array(ex.hist_values[offs[0]:offs[-1]]))
+        c = cands[start:stop]
+        tgt = ex.target[start:stop]
+        m = stop - start
+        cand_list = _list_array(np.arange(m + 1) * num_candidates, pa.array(c.reshape(-1)))
+        rej = c[c != tgt[:, None]].reshape(m, num_candidates - 1)
+        rej_list = _list_array(np.arange(m + 1) * (num_candidates - 1),
+                               titles.take(pa.array(rej.reshape(-1))))
+        prompt = prompts.render(templates, choice[start:stop], prompts.join_lists(hist, names),
+                                prompts.join_lists(cand_list, names), num_candidates)
+        chunks.append(pa.table({
+            "user_id": pa.array(ex.user_id[start:stop], pa.int64()),
+            "history": hist,
+            "target": pa.array(tgt, pa.int64()),
+            "candidates": cand_list,
+            "prompt": prompt,
+            "chosen": titles.take(pa.array(tgt)),
+            "rejected": rej_list,
+        }))
+    return pa.concat_tables(chunks) if chunks else None
+
+
+def build(args: argparse.Namespace) -> dict:
+    """Run the whole pipeline; returns meta (also written to DIR/meta.json)."""
+    check_args(args)
+    out = check_output_dir(args)
+    src = load_source(args)
+    if args.domain:
+        src.domain = args.domain
+    items = src.items.sort_values("item_id").reset_index(drop=True)
+    if len(items) < args.num_candidates:
+        raise DataPrepError(
+            f"{args.dataset}: only {len(items)} items but --num-candidates {args.num_candidates}; "
+            "lower --num-candidates or use a larger catalogue"
+        )
+    tmpl = prompts.load_templates(src.domain, args.template)
+    split_ex, counts, info = make_examples(src, args)
+
+    catalogue = items["item_id"].to_numpy(np.int64)
+    size = int(catalogue.max()) + 1
+    real_titles = np.full(size, None, dtype=object)
+    real_titles[catalogue] = items["title"].to_numpy(dtype=object)
+    if args.item_format == "token":
+        shown = np.full(size, None, dtype=object)
+        shown[catalogue] = [prompts.item_token(i) for i in catalogue.tolist()]
+    else:
+        shown = real_titles
+    titles = pa.array(shown, pa.string())
+    names = prompts.display_names(titles, args.item_format)
+
+    tables, split_info = {}, {}
+    for i, split in enumerate(SPLITS):
+        ex = split_ex[split]
+        if len(ex) == 0:
+            raise DataPrepError(
+                f"{args.dataset}: the {split} split is empty after --min-history {args.min_history}; "
+                "use more data or lower --min-history"
+            )
+        common = dict(hist_offsets=ex.hist_offsets, hist_values=ex.hist_values, target=ex.target,
+                      catalogue=catalogue, num_candidates=args.num_candidates,
+                      max_history=args.max_history, desc=f"candidates {split}",
+                      quiet=args.quiet)
+        if args.candidate_sampler == "llara":
+            c = cand.llara_candidates(**common)
+        elif args.candidate_sampler == "uniform":
+            c = cand.numpy_candidates(**common, seed=_seed(args.seed, 1, i))
+        else:
+            w = counts.astype(np.float64) ** args.popularity_alpha
+            c = cand.numpy_candidates(**common, seed=_seed(args.seed, 1, i), weights=w)
+        choice = np.random.default_rng([args.seed, 2, i]).integers(len(tmpl.texts), size=len(ex))
+        tables[split] = split_table(ex, c, titles, names, tmpl.texts, choice, args.num_candidates,
+                                    split, args.quiet)
+        lengths = np.diff(ex.hist_offsets)
+        split_info[split] = {"examples": int(len(ex)), "users": int(len(np.unique(ex.user_id))),
+                             "mean_history": round(float(lengths.mean()), 4)}
+
+    meta = make_meta(args, src, info, split_info, tmpl)
+    write_output(out, tables, items, counts, meta, src, args)
+    return meta
+
+
+def _seed(*parts: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(list(parts))
+
+
+def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict:
+    recorded = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONTENT}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "dataset": args.dataset,
+        "domain": src.domain,
+        "num_candidates": args.num_candidates,
+        "item_format": args.item_format,
+        "columns": list(COLUMNS),
+        "args": recorded,
+        "counts": {**info, "splits": split_info},
+        "sources": src.checksums,
+        "templates": {"file": tmpl.path, "sha256": tmpl.sha256, "count": len(tmpl.texts),
+                      "choice": "numpy.random.default_rng([seed, 2, split_index]).integers(count, size=rows)"},
+        "notes": src.notes,
+        "extra_files": sorted(f"{name}.csv" for name in src.extra_tables),
+        "package_version": package_version(),
+    }
+    meta["fingerprint"] = fingerprint(meta)
+    return meta
+
+
+def fingerprint(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "fingerprint"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_output(out: Path, tables: dict, items: pd.DataFrame, counts: np.ndarray, meta: dict,
+                 src: SourceData, args) -> None:
+    """Write everything to a temporary sibling of `out`, then rename it into place."""
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        dd = datasets.DatasetDict({
+            split: datasets.Dataset(InMemoryTable(table), split=split,
+                                    fingerprint=hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
+            for split, table in tables.items()
+        })
+        if args.quiet:
+            datasets.disable_progress_bars()
+        dd.save_to_disk(str(tmp))
+        with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+            for item_id, title, count in zip(items["item_id"].tolist(), items["title"].tolist(),
+                                             counts.tolist(), strict=True):
+                f.write(json.dumps({"item_id": item_id, "title": title, "train_count": count},
+                                   ensure_ascii=False) + "\n")
+        for name, table in src.extra_tables.items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        try:
+            from napo.utils import write_run_info
+
+            write_run_info(tmp, {k: v for k, v in vars(args).items()}, args.seed)
+        except ImportError:  # napo is optional for data_prep
+            pass
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def summary_table(meta: dict) -> str:
+    """Plain-text summary: users, items, examples and mean history length per split."""
+    c = meta["counts"]
+    lines = [
+        f"{meta['dataset']}: {c['users']:,} users, {c['items']:,} items"
+        + (f", {c['interactions']:,} interactions" if c.get("interactions") is not None else ""),
+        f"{'split':<6} {'users':>8} {'examples':>10} {'mean history':>13}",
+    ]
+    for split in SPLITS:
+        s = c["splits"][split]
+        lines.append(f"{split:<6} {s['users']:>8,} {s['examples']:>10,} {s['mean_history']:>13.2f}")
+    return "\n".join(lines)
+
+
+def print_summary(meta: dict, out: Path, file=sys.stdout) -> None:
+    print(summary_table(meta), file=file)
+    print(f"wrote {out} (fingerprint {meta['fingerprint'][:12]})", file=file)

@@ -1,0 +1,78 @@
+"""Reading a prepared dataset directory (the contract in docs/contracts.md, section 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+SPLITS = ("train", "valid", "test")
+COLUMNS = ("user_id", "history", "target", "candidates", "prompt", "chosen", "rejected")
+META_KEYS = ("format_version", "dataset", "domain", "num_candidates", "item_format", "args",
+             "counts", "sources", "package_version", "fingerprint")
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+class PreparedDataError(Exception):
+    """A missing or mismatched prepared dataset directory (one-line message)."""
+
+
+def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame, dict]:
+    """Load DIR written by `python -m data_prep`.
+
+    Returns (DatasetDict with splits train/valid/test, items DataFrame with columns
+    item_id/title/train_count sorted by item_id, meta dict). Raises `PreparedDataError` when
+    files are missing, columns differ from the contract, or counts disagree with meta.json.
+    """
+    root = Path(path)
+    hint = "run `python -m data_prep --dataset NAME --output-dir DIR` first"
+    if not root.is_dir():
+        raise PreparedDataError(f"{root}: not a directory; {hint}")
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise PreparedDataError(f"{meta_path}: missing; {root} is not a prepared dataset ({hint})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PreparedDataError(f"{meta_path}: not valid JSON ({err}); prepare the data again") from None
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise PreparedDataError(f"{meta_path}: missing key '{missing[0]}'; prepare the data again")
+    if meta["format_version"] not in SUPPORTED_FORMAT_VERSIONS:
+        raise PreparedDataError(
+            f"{meta_path}: format_version {meta['format_version']} is not supported "
+            f"(this code reads {SUPPORTED_FORMAT_VERSIONS}); prepare the data again"
+        )
+    try:
+        dd = datasets.load_from_disk(str(root))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise PreparedDataError(f"{root}: cannot load the datasets ({str(err).splitlines()[0]}); prepare the data again") from None
+    if not isinstance(dd, datasets.DatasetDict):
+        raise PreparedDataError(f"{root}: holds one Dataset, expected splits {', '.join(SPLITS)}")
+    for split in SPLITS:
+        if split not in dd:
+            raise PreparedDataError(f"{root}: split '{split}' missing; prepare the data again")
+        cols = dd[split].column_names
+        absent = [c for c in COLUMNS if c not in cols]
+        if absent:
+            raise PreparedDataError(f"{root}/{split}: column '{absent[0]}' missing; prepare the data again")
+        want = meta["counts"]["splits"][split]["examples"]
+        if dd[split].num_rows != want:
+            raise PreparedDataError(
+                f"{root}/{split}: {dd[split].num_rows} rows but meta.json says {want}; the directory "
+                "was modified, prepare the data again"
+            )
+    items_path = root / "items.jsonl"
+    if not items_path.is_file():
+        raise PreparedDataError(f"{items_path}: missing; prepare the data again")
+    items = pd.read_json(items_path, lines=True, dtype={"item_id": "int64", "title": "str", "train_count": "int64"})
+    for col in ("item_id", "title", "train_count"):
+        if col not in items:
+            raise PreparedDataError(f"{items_path}: column '{col}' missing; prepare the data again")
+    if len(items) != meta["counts"]["items"]:
+        raise PreparedDataError(
+            f"{items_path}: {len(items)} items but meta.json says {meta['counts']['items']}; prepare the data again"
+        )
+    return dd, items[["item_id", "title", "train_count"]], meta

@@ -1,0 +1,131 @@
+"""Prompt rendering: history and candidate titles into a domain template, vectorized in Arrow.
+
+A template file (`data_prep/templates/<domain>.txt`, or the user's `--template FILE`) holds
+one or more paraphrases separated by a line holding only `---`; lines starting with `#` are
+comments. Placeholders: `{history}`, `{candidates}` (both required) and `{num_candidates}`.
+Each row's paraphrase is drawn with `numpy.random.default_rng([seed, split_index])`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_prep.errors import DataPrepError
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+ITEM_FORMATS = ("title", "token")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ALLOWED = {"history", "candidates", "num_candidates"}
+
+
+def item_token(item_id: int) -> str:
+    """The item's token in `--item-format token` datasets, e.g. `<item_42>`."""
+    return f"<item_{int(item_id)}>"
+
+
+@dataclass
+class Templates:
+    path: str
+    sha256: str
+    texts: list[str]
+
+
+def load_templates(domain: str, template_file: str | None = None) -> Templates:
+    path = Path(template_file) if template_file else TEMPLATE_DIR / f"{domain}.txt"
+    if not path.is_file():
+        if template_file:
+            raise DataPrepError(f"{path}: file not found; check --template")
+        raise DataPrepError(f"no template for domain '{domain}'; use --domain movie|music|book|game|generic or --template FILE")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataPrepError(f"{path}, line {line}: not UTF-8; re-encode the template as UTF-8") from None
+    texts, current, start_line = [], [], 1
+    lines = text.splitlines()
+    for no, line in enumerate([*lines, "---"], start=1):
+        if line.strip() == "---":
+            body = "\n".join(current).strip()
+            if body:
+                _check(body, path, start_line)
+                texts.append(body)
+            current, start_line = [], no + 1
+        elif not line.lstrip().startswith("#"):
+            current.append(line)
+    if not texts:
+        raise DataPrepError(f"{path}: no template found; write at least one with {{history}} and {{candidates}}")
+    shown = str(path.relative_to(TEMPLATE_DIR.parent.parent)) if path.is_relative_to(TEMPLATE_DIR.parent.parent) else str(path)
+    return Templates(shown, hashlib.sha256(data).hexdigest(), texts)
+
+
+def _check(body: str, path: Path, line: int) -> None:
+    names = set(_PLACEHOLDER.findall(body))
+    unknown = names - _ALLOWED
+    if unknown:
+        raise DataPrepError(
+            f"{path}, template starting at line {line}: unknown placeholder {{{sorted(unknown)[0]}}}; "
+            "use {history}, {candidates}, {num_candidates}"
+        )
+    for need in ("history", "candidates"):
+        if need not in names:
+            raise DataPrepError(f"{path}, template starting at line {line}: missing {{{need}}}")
+
+
+def _parts(text: str, num_candidates: int) -> list[str | None]:
+    """Split a template into literal strings and placeholders ("history"/"candidates" as None
+    markers are kept as their names)."""
+    text = text.replace("{num_candidates}", str(num_candidates))
+    out: list = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        out.append(text[pos:m.start()])
+        out.append(("slot", m.group(1)))
+        pos = m.end()
+    out.append(text[pos:])
+    return out
+
+
+def display_names(titles: pa.Array, item_format: str) -> pa.Array:
+    """How an item appears inside a prompt: a quoted title, or its item token."""
+    if item_format == "token":
+        return titles
+    return pc.binary_join_element_wise(pa.scalar('"'), titles, pa.scalar('"'), "")
+
+
+def join_lists(lists: pa.ListArray, names: pa.Array) -> pa.Array:
+    """Each list of item ids -> the ", "-joined display names (one string per row)."""
+    flat = pc.take(names, lists.values)
+    return pc.binary_join(pa.ListArray.from_arrays(lists.offsets, flat), ", ")
+
+
+def render(templates: list[str], choice: np.ndarray, history: pa.Array, candidates: pa.Array,
+           num_candidates: int) -> pa.Array:
+    """Prompt per row: template `choice[i]` with row i's history and candidate strings."""
+    n = len(choice)
+    pieces, index = [], np.empty(n, dtype=np.int64)
+    done = 0
+    for t, text in enumerate(templates):
+        rows = np.flatnonzero(choice == t)
+        if not len(rows):
+            continue
+        h, c = history.take(pa.array(rows)), candidates.take(pa.array(rows))
+        args = []
+        for part in _parts(text, num_candidates):
+            if isinstance(part, tuple):
+                args.append(h if part[1] == "history" else c)
+            elif part:
+                args.append(pa.scalar(part))
+        if not any(isinstance(a, pa.Array) for a in args):
+            args.append(pa.array([""] * len(rows)))
+        pieces.append(pc.binary_join_element_wise(*args, ""))
+        index[rows] = np.arange(done, done + len(rows))
+        done += len(rows)
+    return pa.concat_arrays(pieces).take(pa.array(index)) if pieces else pa.array([], pa.string())

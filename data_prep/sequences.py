@@ -1,0 +1,122 @@
+"""Per-user chronological sequences, sliding windows and train/valid/test splits.
+
+Every interaction whose user has at least `min_history` earlier interactions becomes one example:
+its item is the target and the (at most `max_history`) previous items are the history.
+All of it is numpy over the sorted interaction arrays; no per-interaction Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from data_prep.errors import DataPrepError
+from data_prep.sources import Examples
+
+SPLITS = ("train", "valid", "test")
+SPLIT_METHODS = ("user", "loo", "time")
+
+
+def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by (user, timestamp, item id): chronological, ties broken by item id.
+
+    Returns user [T], item [T], timestamp [T] (int64).
+    """
+    user = inter["user_id"].to_numpy(np.int64)
+    item = inter["item_id"].to_numpy(np.int64)
+    ts = inter["timestamp"].to_numpy(np.int64)
+    order = np.lexsort((item, ts, user))
+    return user[order], item[order], ts[order]
+
+
+def windows(user: np.ndarray, item: np.ndarray, min_history: int, max_history: int
+            ) -> tuple[Examples, np.ndarray, np.ndarray]:
+    """All sliding-window examples of sorted interactions.
+
+    Returns (examples, position [N] index of the target in the sorted interactions,
+    from_end [N] how many interactions of the same user follow the target).
+    """
+    t = len(item)
+    starts_mask = np.ones(t, dtype=bool)
+    starts_mask[1:] = user[1:] != user[:-1]
+    user_start = np.maximum.accumulate(np.where(starts_mask, np.arange(t), 0))
+    ends_mask = np.ones(t, dtype=bool)
+    ends_mask[:-1] = starts_mask[1:]
+    user_end = np.minimum.accumulate(np.where(ends_mask, np.arange(t), t)[::-1])[::-1]
+    rank = np.arange(t) - user_start  # number of earlier interactions of the user
+    pos = np.flatnonzero(rank >= min_history)
+    h_start = np.maximum(user_start[pos], pos - max_history)
+    lengths = pos - h_start
+    offsets = np.zeros(len(pos) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    gather = np.repeat(h_start - offsets[:-1], lengths) + np.arange(offsets[-1])
+    ex = Examples(user[pos], item[pos], offsets, item[gather])
+    return ex, pos, user_end[pos] - pos
+
+
+def split_examples(ex: Examples, method: str, seed: int, *, n_users: int, from_end: np.ndarray,
+                   target_time: np.ndarray, all_times: np.ndarray,
+                   ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, Examples]:
+    """Assign each example to train/valid/test.
+
+    - `user`: users are permuted with `numpy.random.default_rng(seed)`; the first 80% go to
+      train, the next 10% to valid, the rest to test (all of a user's examples together).
+    - `loo`: a user's last interaction is test, the second to last valid, the others train.
+    - `time`: global cut-offs at the 80% / 90% quantiles of all interaction times; an example
+      goes where its target's time falls.
+    Row order inside a split is the sorted-interaction order (user, time).
+    """
+    if method == "user":
+        perm = np.random.default_rng(seed).permutation(n_users)
+        n_train = int(n_users * ratios[0])
+        n_valid = int(n_users * ratios[1])
+        which = np.empty(n_users, dtype=np.int8)
+        which[perm[:n_train]] = 0
+        which[perm[n_train:n_train + n_valid]] = 1
+        which[perm[n_train + n_valid:]] = 2
+        label = which[ex.user_id]
+    elif method == "loo":
+        label = np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)).astype(np.int8)
+    elif method == "time":
+        cut1, cut2 = np.quantile(all_times, [ratios[0], ratios[0] + ratios[1]], method="lower")
+        label = np.where(target_time <= cut1, 0, np.where(target_time <= cut2, 1, 2)).astype(np.int8)
+    else:
+        raise DataPrepError(f"unknown --split '{method}'; choose one of: {', '.join(SPLIT_METHODS)}")
+    return {name: ex.take(np.flatnonzero(label == i)) for i, name in enumerate(SPLITS)}
+
+
+def clip_presplit(ex: Examples, min_history: int, max_history: int) -> Examples:
+    """Presplit examples: drop rows with fewer than `min_history` items, keep the last
+    `max_history` items of longer histories."""
+    lengths = np.diff(ex.hist_offsets)
+    ex = ex.take(np.flatnonzero(lengths >= min_history))
+    lengths = np.diff(ex.hist_offsets)
+    if len(lengths) == 0 or lengths.max() <= max_history:
+        return ex
+    new_len = np.minimum(lengths, max_history)
+    offsets = np.zeros(len(ex) + 1, dtype=np.int64)
+    np.cumsum(new_len, out=offsets[1:])
+    start = ex.hist_offsets[1:] - new_len
+    gather = np.repeat(start - offsets[:-1], new_len) + np.arange(offsets[-1])
+    return Examples(ex.user_id, ex.target, offsets, ex.hist_values[gather])
+
+
+def train_counts(user: np.ndarray, item: np.ndarray, ts: np.ndarray, method: str, seed: int,
+                 n_users: int, catalogue_size: int, ratios=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """Interactions per item that belong to training data under `method` ([n_items] int64)."""
+    if method == "user":
+        perm = np.random.default_rng(seed).permutation(n_users)
+        is_train = np.zeros(n_users, dtype=bool)
+        is_train[perm[: int(n_users * ratios[0])]] = True
+        keep = is_train[user]
+    elif method == "loo":
+        t = len(user)
+        last = np.ones(t, dtype=bool)
+        last[:-1] = user[1:] != user[:-1]
+        second = np.zeros(t, dtype=bool)
+        second[:-1] = last[1:] & (user[:-1] == user[1:])
+        keep = ~(last | second)
+    else:
+        cut1 = np.quantile(ts, ratios[0], method="lower")
+        keep = ts <= cut1
+    return np.bincount(item[keep], minlength=catalogue_size).astype(np.int64)
