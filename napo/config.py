@@ -1,0 +1,272 @@
+"""NAPOConfig: TRL's DPOConfig plus the listwise preference settings (DPO, S-DPO, NAPO).
+
+Every field has a default and a one-line help, and is reachable from YAML (`--config`) and the
+command line. Fields left at ``None`` take the paper default of the chosen ``loss_type``:
+
+| loss_type | reference | num_negatives | share_negatives | gamma0 | margin_alpha |
+|-----------|-----------|---------------|-----------------|--------|--------------|
+| dpo       | adapter   | 1             | false           | 0      | 0            |
+| sdpo      | adapter   | 3             | false           | 0      | 0            |
+| napo      | none      | 3             | true            | 1      | 0.3          |
+
+(beta 1, share_ratio 0.7, margin_momentum 0.9 for all of them.) Validation happens in
+``__post_init__`` and raises ``NAPOConfigError`` with one line saying what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+LOSS_TYPES = ("dpo", "sdpo", "napo")
+REFERENCES = ("adapter", "precomputed", "none")
+
+
+class NAPOConfigError(ValueError):
+    """A one-line, user-facing problem with the preference-training settings."""
+
+
+@dataclass
+class NAPOConfig(DPOConfig):
+    """Settings of ``napo.trainer.NAPOTrainer``; see the module docstring for per-loss defaults."""
+
+    # --- the objective -----------------------------------------------------------------------
+    loss_type: str = field(
+        default="napo",
+        metadata={
+            "help": "Preference loss: 'dpo' (one negative, reference), 'sdpo' (softmax DPO over K "
+            "negatives, reference) or 'napo' (reference-free, shared negatives, dynamic margin).",
+            "choices": list(LOSS_TYPES),
+        },
+    )
+    beta: float = field(
+        default=1.0,
+        metadata={"help": "Inverse temperature beta of the implicit reward (the papers use 1)."},
+    )
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={"help": "Initial AdamW learning rate (the papers use 1e-5, cosine, 5% warmup)."},
+    )
+    num_negatives: int | None = field(
+        default=None,
+        metadata={
+            "help": "K, the negatives drawn per example from its `rejected` titles (None: 1 for "
+            "dpo, 3 otherwise)."
+        },
+    )
+    negative_sampling: str = field(
+        default="fixed",
+        metadata={
+            "help": "'fixed': the K negatives of an example are drawn once (from seed and row "
+            "index) and kept every epoch, as in the papers; 'resample': drawn anew each epoch.",
+            "choices": ["fixed", "resample"],
+        },
+    )
+    reference: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference log-probs: 'adapter' (the policy with the LoRA adapter disabled, or "
+            "the frozen copy of the SFT adapter), 'precomputed' (one pass before training), "
+            "'none' (reference-free). None: 'none' for napo, 'adapter' otherwise.",
+            "choices": [*REFERENCES, None],
+        },
+    )
+
+    # --- scoring ------------------------------------------------------------------------------
+    scoring: str = field(
+        default="packed",
+        metadata={
+            "help": "'packed': prompt encoded once, all completions attend to it in one row; "
+            "'naive': one padded row per (prompt, completion). Both give the same log-probs.",
+            "choices": ["packed", "naive"],
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt tokens kept (truncated from the left, BOS kept); None: max_length - "
+            "max_completion_length."
+        },
+    )
+    max_completion_length: int | None = field(
+        default=64,
+        metadata={"help": "Completion tokens kept (truncated from the right, EOS included)."},
+    )
+    length_normalize: bool = field(
+        default=False,
+        metadata={"help": "Average completion log-probs over tokens instead of summing them."},
+    )
+
+    # --- NAPO: in-batch negative sharing -----------------------------------------------------
+    share_negatives: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Extend each example's negatives with those of its most similar examples in "
+            "the global batch (None: true for napo, false otherwise)."
+        },
+    )
+    share_ratio: float = field(
+        default=0.7,
+        metadata={"help": "rho: each example takes the negatives of floor(rho * (N - 1)) partners."},
+    )
+    similarity: str = field(
+        default="dot",
+        metadata={
+            "help": "Similarity of the auxiliary user vectors used to pick partners.",
+            "choices": ["dot", "cosine"],
+        },
+    )
+    share_mode: str = field(
+        default="reuse",
+        metadata={
+            "help": "'reuse': partners' negatives keep the scores computed under the partner's "
+            "prompt (paper); 'rescore': they are scored again under the example's own prompt.",
+            "choices": ["reuse", "rescore"],
+        },
+    )
+    napo_mode: str = field(
+        default="corrected",
+        metadata={
+            "help": "'corrected': negatives keep their gradients; 'faithful': every negative is "
+            "detached, as the reference code does (for reproduction only).",
+            "choices": ["corrected", "faithful"],
+        },
+    )
+    differentiable_gather: bool = field(
+        default=True,
+        metadata={
+            "help": "Let gradients of negatives shared from other processes flow back to them "
+            "(otherwise they are detached)."
+        },
+    )
+
+    # --- NAPO: dynamic margin ----------------------------------------------------------------
+    gamma0: float | None = field(
+        default=None,
+        metadata={"help": "Base margin gamma0 (None: 1 for napo, 0 otherwise)."},
+    )
+    margin_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "alpha in gamma_t = gamma0 * (1 - alpha * (M_t - M_bar)); 0 keeps gamma0 "
+            "fixed (None: 0.3 for napo, 0 otherwise)."
+        },
+    )
+    margin_momentum: float = field(
+        default=0.9,
+        metadata={"help": "Momentum m of the moving average M_bar of the negatives' aux scores."},
+    )
+    margin_mode: str = field(
+        default="batch",
+        metadata={
+            "help": "'batch': one M_t per global batch (paper); 'user': M_t per example, from the "
+            "aux scores of its own pool.",
+            "choices": ["batch", "user"],
+        },
+    )
+    margin_clamp: bool = field(
+        default=True,
+        metadata={"help": "Clamp gamma_t at 0 (the reference code lets it go negative)."},
+    )
+    aux_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the auxiliary recommender outputs (OUT/aux of recipes/sasrec.py): "
+            "user vectors for sharing and candidate scores for the margin."
+        },
+    )
+
+    # --- TrainingArguments defaults that do not suit this trainer ----------------------------
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Kept False: the collator needs the item ids and auxiliary columns."},
+    )
+
+    def __post_init__(self):
+        self._fill_loss_defaults()
+        self._validate()
+        super().__post_init__()
+        # DPOConfig turns a string loss_type into a list of TRL loss names; ours is one word.
+        if isinstance(self.loss_type, list):
+            self.loss_type = self.loss_type[0]
+
+    def _fill_loss_defaults(self) -> None:
+        if isinstance(self.loss_type, list):  # a DPOConfig-style list: accept one entry only
+            if len(self.loss_type) != 1:
+                raise NAPOConfigError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type}")
+            self.loss_type = self.loss_type[0]
+        if self.loss_type not in LOSS_TYPES:
+            hint = difflib.get_close_matches(str(self.loss_type), LOSS_TYPES, n=1)
+            raise NAPOConfigError(
+                f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        napo = self.loss_type == "napo"
+        if self.reference is None:
+            if self.precompute_ref_log_probs and not napo:
+                self.reference = "precomputed"
+            else:
+                self.reference = "none" if napo else "adapter"
+        if self.num_negatives is None:
+            self.num_negatives = 1 if self.loss_type == "dpo" else 3
+        if self.share_negatives is None:
+            self.share_negatives = napo
+        if self.gamma0 is None:
+            self.gamma0 = 1.0 if napo else 0.0
+        if self.margin_alpha is None:
+            self.margin_alpha = 0.3 if napo else 0.0
+        # TRL's own switch for the precomputed reference path mirrors ours.
+        self.precompute_ref_log_probs = self.reference == "precomputed"
+
+    def _validate(self) -> None:
+        def fail(message: str) -> None:
+            raise NAPOConfigError(message)
+
+        if self.reference not in REFERENCES:
+            fail(f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        if self.loss_type == "dpo" and self.num_negatives != 1:
+            fail(
+                f"loss_type 'dpo' uses exactly one negative, got num_negatives={self.num_negatives}: "
+                "use loss_type 'sdpo' for several negatives"
+            )
+        if self.num_negatives < 1:
+            fail(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if self.loss_type in ("dpo", "sdpo") and self.reference == "none":
+            fail(f"loss_type '{self.loss_type}' needs a reference: set reference to adapter or precomputed")
+        if self.beta <= 0:
+            fail(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.share_ratio <= 1.0:
+            fail(f"share_ratio (rho) must be in [0, 1], got {self.share_ratio}")
+        if not 0.0 <= self.margin_momentum < 1.0:
+            fail(f"margin_momentum must be in [0, 1), got {self.margin_momentum}")
+        if self.margin_alpha < 0:
+            fail(f"margin_alpha must be >= 0, got {self.margin_alpha}")
+        uses_margin = self.margin_alpha > 0
+        if (self.share_negatives or uses_margin) and not self.aux_dir:
+            needs = " and ".join(
+                n for n, on in (("share_negatives", self.share_negatives), ("margin_alpha > 0", uses_margin)) if on
+            )
+            fail(
+                f"{needs} need the auxiliary recommender outputs: set aux_dir (OUT/aux of "
+                "recipes/sasrec.py), or set share_negatives false and margin_alpha 0"
+            )
+        if self.share_negatives and self.share_mode == "rescore" and self.reference == "precomputed":
+            fail(
+                "share_mode 'rescore' scores shared negatives under the example's own prompt, which has "
+                "no precomputed reference: use reference 'adapter' or share_mode 'reuse'"
+            )
+        if self.negative_sampling == "resample" and self.dataloader_persistent_workers:
+            fail(
+                "negative_sampling 'resample' draws negatives in the collator each epoch, which persistent "
+                "dataloader workers would not see: set dataloader_persistent_workers false"
+            )
+
+
+def config_error_exit(message: str, source: str | None = None) -> None:
+    """Print one line `error: [source: ]message` to stderr and exit with status 2."""
+    prefix = f"{source}: " if source else ""
+    print(f"error: {prefix}{message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,421 @@
+"""NAPOTrainer: TRL's DPOTrainer with a listwise objective (DPO, S-DPO and NAPO are settings).
+
+The training loop, optimizer, checkpointing, logging and Hub integration are TRL's / transformers'.
+This class replaces only what a listwise objective must (each pinned by tests/test_trl_contract.py):
+
+- ``_prepare_dataset``: tokenize prompt + chosen + all R rejected titles once (napo.collator);
+- the data collator: ``napo.collator.ListwiseCollator`` (K negatives drawn per example);
+- ``_set_signature_columns_if_needed``: the tokenized / auxiliary columns;
+- ``_precompute_ref_logps``: reference log-probs of all 1+R completions, one pass before training;
+- ``compute_loss``: scoring (napo.scoring) -> sharing (napo.sharing) -> margin (napo.margin) ->
+  loss (napo.losses), plus metrics;
+- ``prediction_step``: evaluation returns the loss only (there are no logits to return).
+
+The reference is never a second model copy: it is the policy with its LoRA adapter disabled, or,
+when the policy continues a pretrained (SFT) adapter, TRL's frozen copy of that adapter named
+"ref" (created by DPOTrainer.__init__), or precomputed log-probs.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import is_peft_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOTrainer
+from trl.trainer.utils import use_adapter
+
+from napo.collator import (
+    AUX_SCORES,
+    AUX_VECTOR,
+    REF_LOGPS,
+    TOKENIZED_COLUMNS,
+    ListwiseCollator,
+    tokenize_preference_dataset,
+)
+from napo.config import NAPOConfig
+from napo.losses import listwise_preference_loss, preference_rewards
+from napo.margin import DynamicMargin
+from napo.scoring import collate_listwise, completion_logps
+from napo.sharing import share_negatives
+
+MARGIN_STATE_FILE = "napo_margin.json"
+
+
+class _EpochCallback(TrainerCallback):
+    """Tells the collator which epoch starts, so ``negative_sampling: resample`` draws anew."""
+
+    def __init__(self, collator: ListwiseCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
+class _MarginCheckpointCallback(TrainerCallback):
+    """Writes the margin's moving average next to each checkpoint (it is training state)."""
+
+    def __init__(self, trainer: NAPOTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.trainer.margin is None or not state.is_world_process_zero:
+            return
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MARGIN_STATE_FILE
+        if path.parent.is_dir():
+            path.write_text(json.dumps(self.trainer.margin.state_dict()))
+
+
+class NAPOTrainer(DPOTrainer):
+    """Listwise preference trainer; see the module docstring and ``napo.config.NAPOConfig``.
+
+    Same arguments as ``trl.DPOTrainer`` except ``ref_model`` (must stay None: the reference is
+    the adapter-disabled policy, the frozen "ref" adapter, or precomputed) and ``args`` (a
+    ``NAPOConfig``). Train/eval datasets are prepared splits (docs/contracts.md), optionally with
+    the auxiliary columns of ``napo.collator.add_aux_columns``.
+    """
+
+    _tag_names = ["trl", "napo"]
+    _name = "NAPO"
+    _paper = {
+        "title": "Negative-Aware Preference Optimization for LLM-based Recommendation",
+        "id": "2508.09653",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{napo2025,
+                title        = {{Negative-Aware Preference Optimization for LLM-based Recommendation}},
+                year         = 2025,
+                eprint       = {arXiv:2508.09653},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: NAPOConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if ref_model is not None:
+            raise ValueError(
+                "NAPOTrainer keeps no second model copy: leave ref_model None (the reference is the "
+                "adapter-disabled policy, the frozen SFT adapter, or precomputed log-probs)"
+            )
+        if args is None:
+            args = NAPOConfig(output_dir="napo-output")
+        if not isinstance(args, NAPOConfig):
+            raise TypeError(f"args must be a napo.config.NAPOConfig, got {type(args).__name__}")
+        if args.reference == "adapter" and not is_peft_model(model) and peft_config is None:
+            raise ValueError(
+                "reference 'adapter' needs a LoRA (PEFT) policy: pass peft_config (or a PeftModel), "
+                "or set reference to 'precomputed'"
+            )
+        if processing_class is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "")
+            processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.margin = None
+        self._item_completions: dict[int, list[int]] = {}
+        self._rescore = bool(args.share_negatives and args.share_mode == "rescore")
+        if data_collator is None:
+            data_collator = ListwiseCollator(
+                pad_token_id=tokenizer.pad_token_id,
+                num_negatives=args.num_negatives,
+                layout=args.scoring,
+                negative_sampling=args.negative_sampling,
+                seed=args.seed,
+                keep_token_ids=self._rescore,
+            )
+
+        # DPOTrainer loads a second model as reference unless the policy is a PeftModel or the
+        # reference log-probs are precomputed. A reference-free full fine-tune needs neither, so
+        # it passes as "precomputed" through __init__ (our _precompute_ref_logps then does nothing).
+        reference_free_full = args.reference == "none" and not is_peft_model(model) and peft_config is None
+        if reference_free_full:
+            args.precompute_ref_log_probs = True
+        try:
+            super().__init__(
+                model=model,
+                ref_model=None,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            if reference_free_full:
+                args.precompute_ref_log_probs = False
+        self.precompute_ref_logps = args.reference == "precomputed"
+        self._check_columns(self.train_dataset, "train_dataset")
+
+        if args.gamma0 != 0.0:
+            self.margin = DynamicMargin(
+                gamma0=args.gamma0,
+                alpha=args.margin_alpha,
+                momentum=args.margin_momentum,
+                mode=args.margin_mode,
+                clamp_min=0.0 if args.margin_clamp else None,
+                faithful=args.napo_mode == "faithful",
+            )
+        if isinstance(self.data_collator, ListwiseCollator) and args.negative_sampling == "resample":
+            self.add_callback(_EpochCallback(self.data_collator))
+        self.add_callback(_MarginCheckpointCallback(self))
+        self.model.add_model_tags([args.loss_type])
+
+    # ------------------------------------------------------------------ datasets and columns
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Tokenize prompt + chosen + every rejected title jointly, once (idempotent)."""
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        max_prompt = args.max_prompt_length
+        if max_prompt is None and args.max_length is not None:
+            max_prompt = max(1, args.max_length - (args.max_completion_length or 0))
+        with PartialState().main_process_first():
+            dataset = tokenize_preference_dataset(
+                dataset, tokenizer, max_prompt_length=max_prompt,
+                max_completion_length=args.max_completion_length, num_proc=args.dataset_num_proc,
+                desc=f"Tokenizing {dataset_name} dataset",
+            )
+        if args.share_negatives and args.share_mode == "rescore":
+            self._cache_item_completions(dataset)
+        return dataset
+
+    def _cache_item_completions(self, dataset) -> None:
+        """item id -> completion token ids, for scoring borrowed items under one's own prompt."""
+        cache = getattr(self, "_item_completions", None)
+        if cache is None:
+            cache = self._item_completions = {}
+        for ids, comps in zip(dataset["item_ids"], dataset["completion_ids"], strict=True):
+            for item, comp in zip(ids, comps, strict=True):
+                if item >= 0 and item not in cache:
+                    cache[int(item)] = list(comp)
+
+    def _check_columns(self, dataset, name: str) -> None:
+        if dataset is None or not hasattr(dataset, "column_names"):
+            return
+        columns = set(dataset.column_names)
+        if self.args.share_negatives and AUX_VECTOR not in columns:
+            raise ValueError(
+                f"share_negatives needs the auxiliary user vectors but {name} has no '{AUX_VECTOR}' "
+                "column: join them with napo.collator.add_aux_columns (recipes/napo.py does it from aux_dir)"
+            )
+        if self.margin is not None and self.args.margin_alpha > 0 and AUX_SCORES not in columns:
+            raise ValueError(
+                f"margin_alpha > 0 needs auxiliary candidate scores but {name} has no '{AUX_SCORES}' "
+                "column: join them with napo.collator.add_aux_columns (recipes/napo.py does it from aux_dir)"
+            )
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [*TOKENIZED_COLUMNS, AUX_VECTOR, AUX_SCORES, REF_LOGPS]
+
+    # ------------------------------------------------------------------ reference log-probs
+
+    def _reference_context(self, model):
+        """The policy as reference: the frozen "ref" adapter if any, else all adapters disabled."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not is_peft_model(unwrapped):
+            raise ValueError("reference 'adapter' needs a PEFT policy")
+        return use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None)
+
+    @torch.no_grad()
+    def _reference_logps(self, model, batch) -> torch.Tensor:
+        with self._reference_context(model):
+            logps, _ = completion_logps(model, batch, length_normalize=self.args.length_normalize)
+        return logps
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """Adds ``ref_logps`` [1+R]: reference log-probs of every completion of every row."""
+        if self.args.reference != "precomputed" or REF_LOGPS in dataset.column_names:
+            return dataset
+        collator = ListwiseCollator(
+            pad_token_id=self._tokenizer.pad_token_id, num_negatives=None, layout=self.args.scoring
+        )
+        loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False))
+        self.model.eval()
+        rows = []
+        for batch in tqdm(loader, desc=f"Reference log-probs ({name})", disable=not self.accelerator.is_main_process):
+            with self.accelerator.autocast():
+                logps = self._reference_logps(self.model, batch)  # [b, 1+R]
+            logps = self.accelerator.pad_across_processes(logps, dim=1, pad_index=0.0)
+            counts = self.accelerator.pad_across_processes(batch["completion_mask"].sum(1), dim=0)
+            logps, counts = self.accelerator.gather_for_metrics((logps, counts))
+            rows.extend(row[:n].tolist() for row, n in zip(logps.cpu(), counts.tolist(), strict=True))
+        self.model.train()
+        return dataset.add_column(REF_LOGPS, rows)
+
+    # ------------------------------------------------------------------ the objective
+
+    def _rescore_batch(self, inputs, pool) -> tuple[dict, torch.Tensor]:
+        """Own completions + borrowed items (real pool slots) re-collated under each own prompt.
+
+        Returns the new batch and ``pool_slot`` [B, P] long: the batch column holding each pool
+        slot's completion (-1 for masked slots).
+        """
+        listwise = inputs["listwise"]
+        num_own = inputs["completion_mask"].shape[1] - 1  # K
+        pool_slot = torch.full_like(pool.ids, -1)
+        own_real = inputs["completion_mask"][:, 1:]
+        pool_slot[:, :num_own] = torch.where(own_real, torch.arange(1, num_own + 1, device=pool.ids.device), -1)
+        ids, mask = pool.ids.tolist(), pool.mask.tolist()
+        extended = []
+        for b, example in enumerate(listwise):
+            comps = list(example["completion_ids"])
+            for j in range(num_own, len(ids[b])):
+                if mask[b][j]:
+                    pool_slot[b, j] = len(comps)
+                    comps.append(self._item_completions[ids[b][j]])
+            extended.append({"prompt_ids": example["prompt_ids"], "completion_ids": comps})
+        batch = collate_listwise(extended, self._tokenizer.pad_token_id, self.args.scoring)
+        batch = self._prepare_inputs(batch)
+        return batch, pool_slot
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        item_ids = inputs["item_ids"]  # [B, 1+K]
+        own_mask = inputs["completion_mask"][:, 1:]  # [B, K]
+        num_own = own_mask.shape[1]
+        aux_scores = inputs.get(AUX_SCORES)  # [B, 1+K] or None
+        pool = None
+        extras = {}
+        if aux_scores is not None:
+            extras["aux"] = aux_scores[:, 1:]
+
+        batch = inputs
+        if self._rescore:
+            # Partners are chosen from the aux vectors before any forward, so that the borrowed
+            # items can be scored under the example's own prompt in the same pass.
+            pool = share_negatives(
+                torch.zeros_like(own_mask, dtype=torch.float32), item_ids[:, 1:], own_mask, item_ids[:, 0],
+                inputs[AUX_VECTOR], ratio=args.share_ratio, similarity=args.similarity, mode="faithful",
+                extras=extras,
+            )
+            batch, pool_slot = self._rescore_batch(inputs, pool)
+
+        logps, _ = completion_logps(model, batch, length_normalize=args.length_normalize)  # [B, M]
+        ref = None
+        if args.reference == "adapter":
+            ref = self._reference_logps(model, batch)
+        elif args.reference == "precomputed":
+            ref = inputs[REF_LOGPS]
+        chosen, ref_chosen = logps[:, 0], (ref[:, 0] if ref is not None else None)
+
+        if self._rescore:
+            index = pool_slot.clamp(min=0)
+            rejected = logps.gather(1, index)  # [B, P]; masked slots hold slot 0, never used
+            if args.napo_mode == "faithful":
+                rejected = rejected.detach()
+            ref_rejected = ref.gather(1, index) if ref is not None else None
+            rejected_mask = pool.mask
+        elif args.share_negatives:
+            if ref is not None:
+                extras["ref"] = ref[:, 1:]
+            pool = share_negatives(
+                logps[:, 1:], item_ids[:, 1:], own_mask, item_ids[:, 0], inputs[AUX_VECTOR],
+                ratio=args.share_ratio, similarity=args.similarity, mode=args.napo_mode,
+                cross_rank_grad=args.differentiable_gather, extras=extras,
+            )
+            rejected, rejected_mask = pool.logps, pool.mask
+            ref_rejected = pool.extras.get("ref")
+        else:
+            rejected, rejected_mask = logps[:, 1:], own_mask
+            if args.napo_mode == "faithful" and args.loss_type == "napo":
+                rejected = rejected.detach()
+            ref_rejected = ref[:, 1:] if ref is not None else None
+
+        gamma = self._margin(aux_scores, own_mask, pool, rejected_mask, training=self.model.training)
+        losses = listwise_preference_loss(
+            chosen, rejected, ref_chosen, ref_rejected, beta=args.beta, margin=gamma, rejected_mask=rejected_mask
+        )  # [B]
+        loss = losses.mean()
+
+        self._record_metrics(mode, chosen, rejected, ref_chosen, ref_rejected, rejected_mask, gamma, pool, num_own)
+        if return_outputs:
+            return loss, {"losses": losses.detach()}
+        return loss
+
+    def _margin(self, aux_scores, own_mask, pool, pool_mask, *, training: bool):
+        """gamma_t: 0-d, [B], or 0.0 without a margin. Called on every process (a collective)."""
+        if self.margin is None:
+            return 0.0
+        if self.args.margin_alpha == 0.0 or aux_scores is None:
+            return torch.tensor(self.args.gamma0, device=self.accelerator.device)
+        if self.args.margin_mode == "user" and pool is not None:
+            scores, mask = pool.extras["aux"], pool_mask  # each example's own pool
+        else:
+            scores, mask = aux_scores[:, 1:], own_mask  # every negative of the batch once
+        return self.margin(scores, mask, training=training)
+
+    def _record_metrics(self, mode, chosen, rejected, ref_chosen, ref_rejected, mask, gamma, pool, num_own):
+        rewards = preference_rewards(
+            chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, beta=self.args.beta, rejected_mask=mask
+        )
+        gather = self.accelerator.gather
+        maskf = rewards.mask.float()
+        stats = {
+            "rewards/chosen": (rewards.chosen, None),
+            "rewards/rejected": ((rewards.rejected * maskf).sum(-1), maskf.sum(-1)),
+            "rewards/margins": (rewards.margins, None),
+            "rewards/accuracies": (rewards.accuracies, None),
+            "logps/chosen": (chosen.detach(), None),
+            "logps/rejected": ((torch.where(rewards.mask, rejected.detach(), 0.0)).sum(-1), maskf.sum(-1)),
+            "napo/pool_size": (maskf.sum(-1), None),
+        }
+        shared = torch.zeros_like(maskf)
+        if pool is not None:
+            shared = (pool.shared & rewards.mask).float()
+        stats["napo/shared_fraction"] = (shared.sum(-1), maskf.sum(-1))
+        if torch.is_tensor(gamma):
+            stats["napo/gamma"] = (gamma.detach().float().expand_as(chosen), None)
+        else:
+            stats["napo/gamma"] = (torch.full_like(chosen, float(gamma)), None)
+        for key, (value, weight) in stats.items():
+            value = gather(value.float().contiguous())
+            if weight is None:
+                self._metrics[mode][key].append(value.mean().item())
+            else:
+                weight = gather(weight.float().contiguous())
+                self._metrics[mode][key].append((value.sum() / weight.sum().clamp(min=1)).item())
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the loss only (metrics are recorded by compute_loss; no logits exist)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ margin state on resume
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint and self.margin is not None:
+            path = resume_from_checkpoint
+            if path is True:
+                path = get_last_checkpoint(self.args.output_dir)
+            state_file = Path(path) / MARGIN_STATE_FILE if path else None
+            if state_file is not None and state_file.is_file():
+                self.margin.load_state_dict(json.loads(state_file.read_text()))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
