@@ -267,6 +267,7 @@ def summary_table(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def print_summary(meta: dict, out: Path, file=sys.stdout) -> None:
+def print_summary(meta: dict, out: Path, file=None) -> None:
+    file = file or sys.stdout
     print(summary_table(meta), file=file)
     print(f"wrote {out} (fingerprint {meta['fingerprint'][:12]})", file=file)

@@ -98,9 +98,9 @@ def _column(col: pa.ChunkedArray):
 def check_ids(df: pd.DataFrame, col: str, path: Path, kind: str) -> None:
     """No null or empty ids."""
     s = df[col]
-    bad = s.isna().to_numpy()
-    if s.dtype == object:
-        bad |= (s.astype(str).str.strip() == "").to_numpy()
+    bad = s.isna().to_numpy().copy()
+    if not pd.api.types.is_numeric_dtype(s.dtype):
+        bad = bad | (s.astype(str).str.strip() == "").to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataPrepError(
@@ -114,7 +114,7 @@ def normalize_ids(*cols: pd.Series) -> list[pd.Series]:
     def is_int_like(s: pd.Series) -> bool:
         if pd.api.types.is_integer_dtype(s.dtype):
             return True
-        if s.dtype != object:
+        if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_datetime64_any_dtype(s.dtype):
             return False
         arr = pa.array(s.astype(str).to_numpy(dtype=object), type=pa.string())
         return bool(pc.all(pc.match_substring_regex(arr, _INT_RE)).as_py() or len(arr) == 0)
@@ -137,7 +137,12 @@ def parse_timestamps(s: pd.Series, path: Path, kind: str) -> np.ndarray:
         return ((s - pd.Timestamp(0, tz=getattr(s.dt, "tz", None))) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
     text = s.astype(str).str.strip()
     num = pd.to_numeric(text, errors="coerce")
-    if not num.isna().any():
+    # The first value decides: a column of numbers, or a column of dates.
+    if len(num) == 0 or not np.isnan(num.iloc[0]):
+        bad = num.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            _bad_timestamp(path, kind, row, text.iloc[row])
         return np.floor(num.to_numpy(dtype=np.float64)).astype(np.int64)
     dt = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
     bad = dt.isna().to_numpy()

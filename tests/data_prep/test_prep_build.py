@@ -1,0 +1,178 @@
+"""End to end on small logs: row invariants, determinism, atomic output, load_prepared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_prep.__main__ import main
+from data_prep.prepared import PreparedDataError, load_prepared
+from data_prep.prompts import item_token
+
+
+def _run(*args):
+    return main([*map(str, args), "--quiet"])
+
+
+def check_rows(dd, items, meta, split_by_user=True):
+    """Every contract invariant of every row."""
+    title = dict(zip(items["item_id"], items["title"], strict=True))
+    c = meta["num_candidates"]
+    tok = meta["item_format"] == "token"
+    users = {}
+    for split in ("train", "valid", "test"):
+        ds = dd[split]
+        users[split] = set(ds["user_id"])
+        for row in ds:
+            cands, hist, t = row["candidates"], row["history"], row["target"]
+            assert len(cands) == c and len(set(cands)) == c
+            assert cands.count(t) == 1
+            assert not (set(cands) - {t}) & set(hist)
+            assert meta["args"]["min_history"] <= len(hist) <= meta["args"]["max_history"]
+            name = item_token if tok else title.__getitem__
+            assert row["chosen"] == name(t)
+            assert row["rejected"] == [name(i) for i in cands if i != t]
+            for i in cands:
+                assert (name(i) if tok else f'"{name(i)}"') in row["prompt"]
+    if split_by_user:
+        assert not users["train"] & users["valid"]
+        assert not users["train"] & users["test"]
+        assert not users["valid"] & users["test"]
+
+
+@pytest.mark.parametrize("sampler,split,fmt", [
+    ("llara", "user", "title"), ("uniform", "loo", "token"), ("popularity", "time", "title"),
+])
+def test_interactions_end_to_end(tmp_path, log_files, sampler, split, fmt):
+    ip, tp = log_files
+    out = tmp_path / "out"
+    rc = _run("--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", out,
+              "--candidate-sampler", sampler, "--split", split, "--item-format", fmt,
+              "--num-candidates", 10, "--popularity-alpha", 0.5)
+    assert rc == 0
+    dd, items, meta = load_prepared(out)
+    assert meta["item_format"] == fmt and meta["args"]["candidate_sampler"] == sampler
+    check_rows(dd, items, meta, split_by_user=(split == "user"))
+    inter = pd.read_csv(ip)
+    # Dense ids: the saved map turns them back into the raw ones.
+    imap = pd.read_csv(out / "id_map_items.csv")
+    assert imap["item_id"].tolist() == list(range(len(imap)))
+    assert sorted(imap["original_id"]) == sorted(inter["item_id"].unique())
+    # All windows: every interaction after a user's 3rd is one example somewhere.
+    n_expected = int((inter.groupby("user_id").size() - 3).clip(lower=0).sum())
+    assert sum(dd[s].num_rows for s in dd) == n_expected
+    assert meta["counts"]["interactions"] == len(inter)
+    # train_count under this split adds up to the training interactions.
+    assert items["train_count"].sum() > 0
+
+
+def test_same_arguments_give_identical_output(tmp_path, log_files):
+    ip, tp = log_files
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert _run("--dataset", "interactions", "--interactions", ip, "--items", tp,
+                    "--output-dir", out, "--candidate-sampler", "uniform") == 0
+    assert (a / "meta.json").read_bytes() == (b / "meta.json").read_bytes()
+    assert (a / "items.jsonl").read_bytes() == (b / "items.jsonl").read_bytes()
+    da, _, ma = load_prepared(a)
+    db, _, _ = load_prepared(b)
+    for s in ("train", "valid", "test"):
+        assert da[s].data.table.equals(db[s].data.table)
+        assert (a / s / "state.json").read_bytes() == (b / s / "state.json").read_bytes()
+    # A different seed changes the split and the fingerprint.
+    c = tmp_path / "c"
+    _run("--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", c,
+         "--candidate-sampler", "uniform", "--seed", "1")
+    assert json.loads((c / "meta.json").read_text())["fingerprint"] != ma["fingerprint"]
+
+
+def test_string_ids_are_mapped_and_saved(tmp_path, make_log):
+    inter, items = make_log(string_ids=True)
+    ip, tp = tmp_path / "i.parquet", tmp_path / "t.jsonl"
+    inter.to_parquet(ip)
+    items.to_json(tp, orient="records", lines=True)
+    out = tmp_path / "out"
+    assert _run("--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", out,
+                "--num-candidates", 10) == 0
+    dd, items_out, meta = load_prepared(out)
+    umap = pd.read_csv(out / "id_map_users.csv")
+    imap = pd.read_csv(out / "id_map_items.csv")
+    # Raw ids sort as strings: "B00000" -> 0, ...
+    assert imap["original_id"].tolist() == sorted(imap["original_id"])
+    assert umap["original_id"].tolist() == sorted(umap["original_id"])
+    raw_title = dict(zip(items["item_id"], items["title"], strict=True))
+    assert [raw_title[r] for r in imap["original_id"]] == items_out["title"].tolist()
+    check_rows(dd, items_out, meta)
+
+
+def test_min_rating_filter(tmp_path, log_files):
+    ip, tp = log_files
+    out = tmp_path / "out"
+    assert _run("--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", out,
+                "--min-rating", 4, "--num-candidates", 5, "--min-history", 1) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["counts"]["interactions"] == int((pd.read_csv(ip)["rating"] >= 4).sum())
+
+
+def test_overwrite_replaces_and_failure_leaves_previous(tmp_path, log_files, monkeypatch):
+    ip, tp = log_files
+    out = tmp_path / "out"
+    base = ["--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", out]
+    assert _run(*base) == 0
+    before = (out / "meta.json").read_bytes()
+    assert _run(*base, "--seed", 3, "--overwrite") == 0
+    assert (out / "meta.json").read_bytes() != before
+    # A crash while writing leaves the old directory untouched and no temporary sibling.
+    import data_prep.build as build
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(build.datasets.DatasetDict, "save_to_disk", boom)
+    kept = (out / "meta.json").read_bytes()
+    with pytest.raises(RuntimeError):
+        _run(*base, "--seed", 4, "--overwrite")
+    assert (out / "meta.json").read_bytes() == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inter.csv", "items.csv", "out"]
+
+
+def test_load_prepared_errors(tmp_path, log_files):
+    with pytest.raises(PreparedDataError, match="not a directory"):
+        load_prepared(tmp_path / "missing")
+    ip, tp = log_files
+    out = tmp_path / "out"
+    _run("--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", out)
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / "meta.json").read_text())
+    meta["counts"]["splits"]["test"]["examples"] += 1
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PreparedDataError, match="rows but meta.json says"):
+        load_prepared(bad)
+    meta["format_version"] = 99
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PreparedDataError, match="format_version 99"):
+        load_prepared(bad)
+    (bad / "meta.json").unlink()
+    with pytest.raises(PreparedDataError, match="meta.json: missing"):
+        load_prepared(bad)
+    dd, items, meta = load_prepared(out)
+    assert list(items.columns) == ["item_id", "title", "train_count"]
+    assert items["item_id"].is_monotonic_increasing
+    assert meta["fingerprint"] and meta["columns"] == list(dd["train"].column_names)
+    assert dd["train"].features["history"].feature.dtype == "int64"
+    assert np.array_equal(items["item_id"], np.arange(len(items)))
+
+
+def test_summary_printed(tmp_path, log_files, capsys):
+    ip, tp = log_files
+    _run("--dataset", "interactions", "--interactions", ip, "--items", tp, "--output-dir", tmp_path / "o")
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert "split" in out and "mean history" in out
+    line = next(x for x in out.splitlines() if x.startswith("train"))
+    assert f"{meta['counts']['splits']['train']['examples']:,}" in line

@@ -1,0 +1,112 @@
+"""Candidate samplers: the LLaRA protocol against a literal re-implementation, and invariants."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from data_prep.candidates import _excluded, _pool_to_position, llara_candidates, numpy_candidates
+from data_prep.errors import DataPrepError
+
+
+def _flat(histories):
+    offsets = np.zeros(len(histories) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(h) for h in histories])
+    values = np.array([i for h in histories for i in h], dtype=np.int64)
+    return offsets, values
+
+
+def _literal_llara(history, target, catalogue, k):
+    """The papers' loop, written out as they describe it."""
+    random.seed(target)
+    pool = [i for i in catalogue if i not in history and i != target]
+    cands = random.sample(pool, k) + [target]
+    random.seed(target)
+    random.shuffle(cands)
+    return cands
+
+
+def _random_examples(rng, n, catalogue, max_h=10):
+    hist, tgt = [], []
+    for _ in range(n):
+        h = rng.choice(catalogue, size=int(rng.integers(0, max_h + 1)), replace=True).tolist()
+        t = int(rng.choice(catalogue))
+        if rng.random() < 0.2 and h:  # the target may also occur in its own history
+            t = h[0]
+        hist.append(h)
+        tgt.append(t)
+    return hist, np.array(tgt, dtype=np.int64)
+
+
+@pytest.mark.parametrize("n_items,gaps", [(30, False), (500, False), (300, True)])
+def test_llara_matches_literal_protocol(n_items, gaps):
+    rng = np.random.default_rng(1)
+    catalogue = np.arange(n_items, dtype=np.int64) * (3 if gaps else 1) + (7 if gaps else 0)
+    hist, tgt = _random_examples(rng, 400, catalogue)
+    offsets, values = _flat(hist)
+    got = llara_candidates(offsets, values, tgt, catalogue, 20, 10, chunk=97, quiet=True)
+    want = [_literal_llara(h, int(t), catalogue.tolist(), 19) for h, t in zip(hist, tgt, strict=True)]
+    assert got.tolist() == want
+
+
+def test_pool_to_position_equals_brute_force():
+    rng = np.random.default_rng(2)
+    n = 50
+    hist, tgt = _random_examples(rng, 200, np.arange(n))
+    offsets, values = _flat(hist)
+    ex, n_ex = _excluded(offsets, values, tgt, np.arange(n), 10)
+    for r in range(200):
+        pool = [i for i in range(n) if i not in hist[r] and i != tgt[r]]
+        assert n_ex[r] == n - len(pool)
+        j = np.arange(len(pool))[None, :]
+        assert _pool_to_position(j, ex[r:r + 1])[0].tolist() == pool
+
+
+def _check_rows(cands, hist, tgt, c):
+    for row, h, t in zip(cands.tolist(), hist, tgt.tolist(), strict=True):
+        assert len(row) == c and len(set(row)) == c
+        assert row.count(t) == 1
+        assert not (set(row) - {t}) & set(h)
+
+
+@pytest.mark.parametrize("weights", [None, "pop"])
+def test_numpy_samplers_invariants_and_seed(weights):
+    rng = np.random.default_rng(3)
+    catalogue = np.arange(40, dtype=np.int64)
+    hist, tgt = _random_examples(rng, 500, catalogue)
+    offsets, values = _flat(hist)
+    w = None if weights is None else (np.arange(40) % 5).astype(float)  # 8 items weigh 0
+    a = numpy_candidates(offsets, values, tgt, catalogue, 12, 10, seed=5, weights=w, quiet=True)
+    b = numpy_candidates(offsets, values, tgt, catalogue, 12, 10, seed=5, weights=w, quiet=True)
+    _check_rows(a, hist, tgt, 12)
+    assert np.array_equal(a, b)
+    # The target lands in every slot (not always last).
+    slots = np.argmax(a == tgt[:, None], axis=1)
+    assert len(np.unique(slots)) == 12
+    if w is not None:
+        negatives = a[a != tgt[:, None]]
+        assert not np.isin(negatives, np.flatnonzero(w == 0)).any()
+
+
+def test_popularity_sampler_follows_weights():
+    # No history, a large catalogue and 2 negatives: draws are nearly independent, so the
+    # frequency of each item is close to its weight share.
+    catalogue = np.arange(200, dtype=np.int64)
+    w = np.where(catalogue < 100, 1.0, 3.0)
+    n = 20000
+    tgt = np.full(n, 0, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    c = numpy_candidates(offsets, np.zeros(0, np.int64), tgt, catalogue, 3, 10, seed=0,
+                         weights=w, quiet=True)
+    neg = c[c != 0]
+    share_heavy = np.isin(neg, np.arange(100, 200)).mean()
+    assert abs(share_heavy - 300 / 399) < 0.01
+
+
+def test_pool_too_small_is_an_error():
+    catalogue = np.arange(12, dtype=np.int64)
+    offsets, values = _flat([list(range(5))])
+    with pytest.raises(DataPrepError, match="only 6 items outside its history"):
+        llara_candidates(offsets, values, np.array([11]), catalogue, 10, 10, quiet=True)
