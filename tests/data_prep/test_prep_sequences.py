@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from data_prep.sequences import clip_presplit, sort_interactions, split_examples, train_counts, windows
+from data_prep.sequences import (
+    clip_presplit,
+    sort_interactions,
+    split_examples,
+    train_counts,
+    windows,
+)
 from data_prep.sources import Examples
 
 
