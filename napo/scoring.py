@@ -24,12 +24,17 @@ and ``eager`` / ``sdpa`` add no causal part of their own, so the mask must be ad
 ``flex_attention`` reads a float tensor as a score_mod (correct, no block sparsity); FlashAttention
 ignores custom masks, so packed scoring refuses it.
 
-Only the positions that predict completion tokens go through the lm_head, and log_softmax is
-taken there only: full-vocabulary logits are never materialised for the prompt.
+Only the positions that predict completion tokens go through the lm_head: the batch carries
+them as a [rows, seq] bool mask that is passed as the model's own ``logits_to_keep`` (transformers'
+``slice_logits_to_keep``), so the lm_head still runs inside the model's forward, where DDP, FSDP,
+DeepSpeed ZeRO-3 and PEFT expect it, and full-vocabulary logits never exist for prompt positions.
+Architectures whose forward does not use ``slice_logits_to_keep`` get full logits (correct, more
+memory). log_softmax is taken in float32 on the gathered positions.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 
@@ -124,6 +129,19 @@ def tokenize_listwise(
     return examples
 
 
+def append_completions(examples: Sequence[dict], extra: Sequence[Sequence[Sequence[int]]]) -> list[dict]:
+    """New examples with ``extra[b]`` (token-id lists) appended to example b's completions.
+
+    For NAPO's ``rescore`` sharing: negatives borrowed from other users become extra completions
+    of this user's row and are scored under this user's own prompt. Inputs are not modified.
+    """
+    if len(extra) != len(examples):
+        raise ValueError(f"append_completions: {len(examples)} examples but {len(extra)} extra lists")
+    return [{"prompt_ids": list(ex["prompt_ids"]),
+             "completion_ids": [list(c) for c in ex["completion_ids"]] + [list(c) for c in more]}
+            for ex, more in zip(examples, extra, strict=True)]
+
+
 # --------------------------------------------------------------------------- collation
 
 
@@ -135,16 +153,27 @@ def _check_examples(examples: Sequence[dict], pad_token_id) -> int:
     return max(len(ex["completion_ids"]) for ex in examples)
 
 
-def _gather_tensors(rows, poss, targets, slots, num_examples: int, num_slots: int, counts) -> dict:
-    completion_mask = torch.zeros(num_examples, num_slots, dtype=torch.bool)
+def _gather_tensors(rows, poss, targets, slots, width: int, num_rows: int, counts, num_slots: int) -> dict:
+    completion_mask = torch.zeros(len(counts), num_slots, dtype=torch.bool)
     for b, m_b in enumerate(counts):
         completion_mask[b, :m_b] = True
+    rows = torch.tensor(rows, dtype=torch.long)
+    poss = torch.tensor(poss, dtype=torch.long)
+    # The positions whose logits are needed, as the model's own `logits_to_keep` bool mask: the
+    # lm_head then runs inside the forward (so FSDP / ZeRO-3 / DDP wrappers see it) and only there.
+    # A position may predict several tokens (packed: the last prompt token predicts every c_m[0]).
+    flat = rows * width + poss
+    kept = torch.unique(flat)                                      # sorted, row-major
+    logits_mask = torch.zeros(num_rows * width, dtype=torch.bool)
+    logits_mask[kept] = True
     return {
-        "gather_row": torch.tensor(rows, dtype=torch.long),      # [N] row of the predicting hidden state
-        "gather_pos": torch.tensor(poss, dtype=torch.long),      # [N] its position in that row
+        "gather_row": rows,                                       # [N] row of the predicting position
+        "gather_pos": poss,                                       # [N] its index in that row
+        "gather_index": torch.searchsorted(kept, flat),           # [N] its index among the kept logits
         "gather_target": torch.tensor(targets, dtype=torch.long),  # [N] the token it must predict
-        "gather_slot": torch.tensor(slots, dtype=torch.long),    # [N] flat completion index b * M + m
-        "completion_mask": completion_mask,                     # [B, M] True = a real completion
+        "gather_slot": torch.tensor(slots, dtype=torch.long),     # [N] flat completion index b * M + m
+        "logits_mask": logits_mask.view(num_rows, width),         # [R, T] positions to project
+        "completion_mask": completion_mask,                       # [B, M] True = a real completion
     }
 
 
@@ -175,7 +204,7 @@ def collate_naive(examples: Sequence[dict], pad_token_id: int) -> dict:
         attention_mask[r, : len(s)] = 1
     batch = {"layout": "naive", "input_ids": input_ids, "attention_mask": attention_mask}
     counts = [len(ex["completion_ids"]) for ex in examples]
-    batch.update(_gather_tensors(rows, poss, targets, slots, len(examples), num_slots, counts))
+    batch.update(_gather_tensors(rows, poss, targets, slots, width, len(seqs), counts, num_slots))
     return batch
 
 
@@ -239,7 +268,7 @@ def collate_packed(examples: Sequence[dict], pad_token_id: int, dtype: torch.dty
         "attention_mask": packed_attention_mask(segment_ids, dtype),
     }
     counts = [len(ex["completion_ids"]) for ex in examples]
-    batch.update(_gather_tensors(rows, poss, targets, slots, len(examples), num_slots, counts))
+    batch.update(_gather_tensors(rows, poss, targets, slots, width, len(seqs), counts, num_slots))
     return batch
 
 
@@ -257,8 +286,8 @@ def collate_listwise(examples: Sequence[dict], pad_token_id: int, layout: str = 
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under DDP / torch.compile / PEFT wrappers (for lookups only:
-    the forward itself always goes through the outer wrapper, so DDP syncs gradients)."""
+    """The transformers model under DDP / FSDP / torch.compile / PEFT wrappers, for lookups
+    only (config, embeddings): the forward always goes through the outer wrapper."""
     inner = model
     for _ in range(8):
         if type(inner).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel"):
@@ -278,25 +307,34 @@ def _compute_dtype(inner: torch.nn.Module, device: torch.device) -> torch.dtype:
     return inner.get_input_embeddings().weight.dtype
 
 
+@functools.cache
+def _keeps_selected_logits(model_cls: type) -> bool:
+    """Whether ``model_cls.forward`` slices ``logits_to_keep`` with transformers'
+    ``slice_logits_to_keep``, which accepts a [batch, seq] bool mask (Llama, Qwen2, ...)."""
+    try:
+        return "slice_logits_to_keep" in inspect.getsource(model_cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
 def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of every completion under ``model``.
 
     Args:
-        model: a transformers causal LM (Llama, Qwen2, ...), possibly PEFT-wrapped, DDP-wrapped,
-            or inside ``with model.disable_adapter():``.
+        model: a transformers causal LM (Llama, Qwen2, ...), possibly wrapped by PEFT, DDP, FSDP
+            or DeepSpeed, or inside ``with model.disable_adapter():``. The forward always goes
+            through the outermost wrapper.
         batch: the output of :func:`collate_listwise` (tensors may already be on the device).
         length_normalize: average instead of sum over each completion's tokens.
 
     Returns:
-        logps [B, M] float32: sum (or mean) over the completion's tokens of log p(token | prefix);
-            0 for masked (missing) completions, which also receive no gradient.
+        logps [B, M] float32: sum (or mean) over the completion's tokens of log p(token | prefix),
+            log-softmax taken in float32; 0 for masked (missing) completions, which get no gradient.
         num_tokens [B, M] int64: completion lengths (0 for masked completions).
     """
     inner = _unwrap(model)
-    head = inner.get_output_embeddings()
-    decoder = inner.get_decoder()
-    device = head.weight.device
+    device = inner.get_input_embeddings().weight.device
     layout = batch["layout"]
     inputs = {"input_ids": batch["input_ids"].to(device)}
     if layout == "packed":
@@ -318,39 +356,25 @@ def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: b
         inputs["attention_mask"] = batch["attention_mask"].to(device)
     else:
         raise ValueError(f"batch layout {layout!r} is not one of {LAYOUTS}")
-    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
-        inputs["logits_to_keep"] = 1  # the model's own logits are unused: keep them tiny
 
-    # Capture the decoder's final (normed) hidden states with a hook so the forward still runs
-    # through every wrapper (PEFT adapters, DDP gradient sync, accelerate hooks).
-    captured = {}
-
-    def _hook(module, args, output):
-        if "hidden" not in captured:
-            captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-    handle = decoder.register_forward_hook(_hook)
-    try:
-        model(**inputs, use_cache=False)
-    finally:
-        handle.remove()
-    hidden = captured["hidden"]                                        # [R, T, D]
-
-    rows = batch["gather_row"].to(device)
-    poss = batch["gather_pos"].to(device)
+    selected = _keeps_selected_logits(type(inner))
+    if selected:  # logits only where a completion token is predicted: [U, V]
+        inputs["logits_to_keep"] = batch["logits_mask"].to(device)
+    logits = model(**inputs, use_cache=False).logits
+    if selected:
+        logits = logits[batch["gather_index"].to(device)]                      # [N, V]
+    else:  # other architectures: full logits [R, T, V], then the same positions
+        logits = logits[batch["gather_row"].to(device), batch["gather_pos"].to(device)]
+    logits = logits.float()
     targets = batch["gather_target"].to(device)
-    slots = batch["gather_slot"].to(device)
-    completion_mask = batch["completion_mask"].to(device)
-    num_examples, num_slots = completion_mask.shape
-
-    logits = head(hidden[rows, poss]).float()                          # [N, V], N completion tokens
     token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)  # [N]
+
+    slots = batch["gather_slot"].to(device)
+    num_examples, num_slots = batch["completion_mask"].shape
     logps = torch.zeros(num_examples * num_slots, dtype=torch.float32, device=device)
-    logps = logps.index_add(0, slots, token_logps)
+    logps = logps.index_add(0, slots, token_logps).view(num_examples, num_slots)
     num_tokens = torch.zeros(num_examples * num_slots, dtype=torch.long, device=device)
-    num_tokens = num_tokens.index_add(0, slots, torch.ones_like(slots))
-    logps = logps.view(num_examples, num_slots)
-    num_tokens = num_tokens.view(num_examples, num_slots)
+    num_tokens = num_tokens.index_add(0, slots, torch.ones_like(slots)).view(num_examples, num_slots)
     if length_normalize:
         logps = logps / num_tokens.clamp(min=1)
     return logps, num_tokens

@@ -16,8 +16,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+import napo.scoring
 from napo.losses import listwise_preference_loss
 from napo.scoring import (
+    append_completions,
     collate_listwise,
     collate_naive,
     collate_packed,
@@ -119,6 +121,21 @@ def test_variable_completion_counts_are_masked():
     torch.testing.assert_close(packed[1, :3], alone[0], atol=1e-4, rtol=0)
 
 
+def test_appended_completions_are_scored_under_the_own_prompt():
+    model = tiny_model("qwen2")
+    examples = random_examples(2, 2, seed=12)
+    # example 0 borrows example 1's negative (rescore); example 1 borrows nothing
+    extended = append_completions(examples, [[examples[1]["completion_ids"][1]], []])
+    assert len(examples[0]["completion_ids"]) == 2  # inputs untouched
+    with torch.no_grad():
+        logps, n = completion_logps(model, collate_packed(extended, PAD))
+        own, _ = completion_logps(model, collate_packed(examples, PAD))
+    expected = brute_force_logps(model, extended, 3)
+    torch.testing.assert_close(logps, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logps[:, :2], own, atol=1e-4, rtol=0)
+    assert n[1, 2].item() == 0 and n[0, 2].item() == len(examples[1]["completion_ids"][1])
+
+
 def test_length_normalize_is_mean_token_logp():
     model = tiny_model("llama")
     examples = random_examples(2, 3, seed=5, vary_m=True)
@@ -150,6 +167,9 @@ def test_packed_mask_by_hand():
     assert batch["gather_pos"].tolist() == [1, 2, 1]
     assert batch["gather_target"].tolist() == [7, 8, 9]
     assert batch["gather_slot"].tolist() == [0, 0, 1]
+    # logits are kept at positions 1 and 2 only; the last prompt position serves two tokens
+    assert batch["logits_mask"].tolist() == [[False, True, True, False, False]]
+    assert batch["gather_index"].tolist() == [0, 1, 0]
 
 
 def lora_grads(model):
@@ -191,6 +211,45 @@ def test_disable_adapter_gives_base_model_logps():
             disabled, _ = completion_logps(model, batch)
     torch.testing.assert_close(disabled, expected, atol=1e-5, rtol=0)
     assert (adapted - expected).abs().max() > 1e-3
+
+
+def test_full_logits_fallback_gives_the_same_logps(monkeypatch):
+    model = tiny_model("llama", lora=True)
+    examples = random_examples(3, 5, seed=9, vary_m=True)
+    assert napo.scoring._keeps_selected_logits(LlamaForCausalLM)
+    assert napo.scoring._keeps_selected_logits(Qwen2ForCausalLM)
+    with torch.no_grad():
+        selected = {lay: completion_logps(model, collate_listwise(examples, PAD, lay))[0] for lay in ("naive", "packed")}
+        monkeypatch.setattr(napo.scoring, "_keeps_selected_logits", lambda cls: False)
+        full = {lay: completion_logps(model, collate_listwise(examples, PAD, lay))[0] for lay in ("naive", "packed")}
+    for lay in ("naive", "packed"):
+        torch.testing.assert_close(selected[lay], full[lay], atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_in_train_mode_matches():
+    examples = random_examples(2, 4, seed=10)
+    batch = collate_packed(examples, PAD)
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("qwen2", lora=True, seed=6).train()  # dropout is 0: train == eval numerics
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        logps, _ = completion_logps(model, batch)
+        logps.sum().backward()
+        grads.append(lora_grads(model))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-4)
+
+
+def test_bfloat16_model_gets_a_bfloat16_mask():
+    model = tiny_model("qwen2").to(torch.bfloat16)
+    examples = random_examples(2, 4, seed=11)
+    with torch.no_grad():
+        packed, _ = completion_logps(model, collate_packed(examples, PAD, dtype=torch.float32))
+        naive, _ = completion_logps(model, collate_naive(examples, PAD))
+    assert torch.isfinite(packed).all()
+    # bf16 activations: agreement to bf16 precision only (sums of up to 5 tokens of ~log(97))
+    torch.testing.assert_close(packed, naive, atol=0.05, rtol=0)
 
 
 def test_bad_layout_and_attention_raise():
