@@ -16,7 +16,6 @@ command line. Fields left at ``None`` take the paper default of the chosen ``los
 from __future__ import annotations
 
 import difflib
-import sys
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -265,8 +264,16 @@ class NAPOConfig(DPOConfig):
             )
 
 
-def config_error_exit(message: str, source: str | None = None) -> None:
-    """Print one line `error: [source: ]message` to stderr and exit with status 2."""
-    prefix = f"{source}: " if source else ""
-    print(f"error: {prefix}{message}", file=sys.stderr)
-    raise SystemExit(2)
+@dataclass
+class AdapterArguments:
+    """Where the preference stage starts from (recipes/napo.py)."""
+
+    sft_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA adapter directory of the SFT stage (recipes/sft.py output). It is loaded "
+            "on top of its base model and trained further; a frozen copy of it is the reference. "
+            "None: a fresh LoRA from the ModelConfig flags on model_name_or_path."
+        },
+    )
+

@@ -44,7 +44,7 @@ from napo.config import NAPOConfig
 from napo.losses import listwise_preference_loss, preference_rewards
 from napo.margin import DynamicMargin
 from napo.scoring import collate_listwise, completion_logps
-from napo.sharing import share_negatives
+from napo.sharing import gather_pool_ids, share_negatives
 
 MARGIN_STATE_FILE = "napo_margin.json"
 
@@ -309,10 +309,9 @@ class NAPOTrainer(DPOTrainer):
         if self._rescore:
             # Partners are chosen from the aux vectors before any forward, so that the borrowed
             # items can be scored under the example's own prompt in the same pass.
-            pool = share_negatives(
-                torch.zeros_like(own_mask, dtype=torch.float32), item_ids[:, 1:], own_mask, item_ids[:, 0],
-                inputs[AUX_VECTOR], ratio=args.share_ratio, similarity=args.similarity, mode="faithful",
-                extras=extras,
+            pool = gather_pool_ids(
+                item_ids[:, 1:], own_mask, item_ids[:, 0], inputs[AUX_VECTOR],
+                ratio=args.share_ratio, similarity=args.similarity, extras=extras,
             )
             batch, pool_slot = self._rescore_batch(inputs, pool)
 

@@ -1,0 +1,100 @@
+"""Preference fine-tuning of an LLM recommender: DPO, S-DPO or NAPO (`loss_type` in the YAML).
+
+Starts from the SFT stage's LoRA adapter (`sft_adapter`), trains it further on listwise
+preferences (the target against K of the 19 other candidates) and saves the adapter. The
+reference of DPO / S-DPO is a frozen copy of the SFT adapter (no second model in memory); NAPO is
+reference-free and reads the auxiliary recommender's outputs (`aux_dir`) for in-batch negative
+sharing and its dynamic margin.
+
+```bash
+# paper settings (see accelerate_configs/ for DDP, FSDP, DeepSpeed)
+python recipes/sasrec.py --config recipes/configs/ml-100k/sasrec.yaml \
+    --dataset_dir runs/data/ml-100k --output_dir runs/ml-100k/sasrec      # NAPO's aux outputs
+accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/napo.py \
+    --config recipes/configs/ml-100k/napo.yaml
+
+# offline tiny model on a CPU, about two minutes (after sft-tiny and sasrec-tiny)
+accelerate launch recipes/napo.py --config recipes/configs/ml-100k/napo-tiny.yaml
+```
+
+Writes to `output_dir`: the trained adapter (its frozen reference copy under `ref/`), the
+tokenizer, `run.json` (config, versions, seed, git revision) and the trainer's logs/checkpoints.
+"""
+
+from dataclasses import asdict, replace
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from data_prep.prepared import load_prepared
+from napo.collator import add_aux_columns
+from napo.config import AdapterArguments, NAPOConfig
+from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
+from napo.models.recipe_args import DatasetArguments, parse_recipe_args
+from napo.models.sft_data import check_item_tokens
+from napo.recsys.aux import load_aux
+from napo.trainer import NAPOTrainer
+from napo.utils import write_run_info
+
+
+def main(argv=None):
+    # Parse: YAML (--config) + command line; unknown keys and invalid settings stop with one line.
+    parser = TrlParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig))
+    data_args, adapter_args, training_args, model_args = parse_recipe_args(parser, argv)
+    if data_args.dataset_dir is None:
+        parser.exit(2, "error: dataset_dir is not set: add `dataset_dir: DIR` to the config or pass --dataset_dir\n")
+
+    # Model: the SFT adapter stays a trainable LoRA (DPOTrainer adds its frozen copy "ref" as the
+    # reference); without one, a fresh LoRA from the ModelConfig flags goes on the base model.
+    adapter = adapter_args.sft_adapter
+    if adapter is None and is_adapter_dir(model_args.model_name_or_path):
+        adapter = model_args.model_name_or_path
+    load_args = replace(model_args, model_name_or_path=adapter) if adapter else model_args
+    model, tokenizer = load_model_and_tokenizer(load_args, training_args, merge_adapter=False)
+    peft_config = None if adapter else get_peft_config(model_args)
+
+    # Data: prepared splits, plus the auxiliary recommender's user vectors and scores (joined by
+    # row index, so before any truncation).
+    dataset, items, meta = load_prepared(data_args.dataset_dir)
+    check_item_tokens(tokenizer, meta, items)
+    splits = {"train": data_args.train_split}
+    if training_args.eval_strategy != "no":
+        splits["eval"] = data_args.eval_split
+    prepared = {}
+    for role, split in splits.items():
+        rows = dataset[split]
+        if training_args.aux_dir:
+            rows = add_aux_columns(rows, *load_aux(training_args.aux_dir, split, meta, num_rows=len(rows)))
+        limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
+        prepared[role] = rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+
+    # Trainer
+    trainer = NAPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared["train"],
+        eval_dataset=prepared.get("eval"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if trainer.accelerator.is_main_process:
+        config = {
+            "dataset": asdict(data_args),
+            "dataset_meta": {k: meta.get(k) for k in ("dataset", "item_format", "fingerprint", "num_candidates")},
+            "adapter": asdict(adapter_args),
+            "training": training_args.to_dict(),
+            "model": asdict(model_args),
+        }
+        write_run_info(training_args.output_dir, config, seed=training_args.seed)
+
+    # Train, save (adapter + tokenizer), push.
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    trainer.end()
+
+
+if __name__ == "__main__":
+    main()
