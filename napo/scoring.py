@@ -93,13 +93,17 @@ def tokenize_listwise(
     if text_mode and add_eos and eos_id is None:
         raise ValueError("tokenize_listwise: add_eos=True but the tokenizer has no eos_token; "
                          "set tokenizer.eos_token or pass add_eos=False")
-    examples = []
-    for i, (prompt, comps) in enumerate(zip(prompts, completions, strict=True)):
+    for i, comps in enumerate(completions):
         if len(comps) == 0:
             raise ValueError(f"tokenize_listwise: example {i} has no completions; give at least one")
+    if text_mode:  # one tokenizer call for the whole batch (fast tokenizers parallelise it)
+        texts = [t for p, cs in zip(prompts, completions, strict=True) for t in [p, *(p + c for c in cs)]]
+        flat_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    examples, cursor = [], 0
+    for i, (prompt, comps) in enumerate(zip(prompts, completions, strict=True)):
         if text_mode:
-            ids = tokenizer([prompt] + [prompt + c for c in comps], add_special_tokens=True)["input_ids"]
-            alone, joint = ids[0], ids[1:]
+            alone, joint = flat_ids[cursor], flat_ids[cursor + 1: cursor + 1 + len(comps)]
+            cursor += 1 + len(comps)
             n = len(alone)
             for j in joint:
                 n = min(n, _common_prefix_length(alone, j))
@@ -290,7 +294,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     only (config, embeddings): the forward always goes through the outer wrapper."""
     inner = model
     for _ in range(8):
-        if type(inner).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel"):
+        if type(inner).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel", "DeepSpeedEngine"):
             inner = inner.module
         elif hasattr(inner, "_orig_mod"):  # torch.compile
             inner = inner._orig_mod

@@ -318,3 +318,13 @@ def test_token_inputs_are_taken_verbatim():
     assert ex == {"prompt_ids": [5, 6, 7], "completion_ids": [[8, 9], [11]]}
     with pytest.raises(ValueError, match="empty"):
         tokenize_listwise(None, [[]], [[[1]]])
+
+
+def test_batched_tokenization_equals_one_at_a_time(bpe_tokenizer):
+    prompts = ["Answer:", "The user watched Heat (1995). Answer: ", "Candidates: Casino (1995)\nAnswer:"]
+    completions = [[" Heat (1995)"], ["Toy Story (1995)", "Casino (1995)", "Heat (1995)"], [" Casino (1995)", " Heat"]]
+    together = tokenize_listwise(bpe_tokenizer, prompts, completions, max_prompt_length=8)
+    alone = [tokenize_listwise(bpe_tokenizer, [p], [c], max_prompt_length=8)[0]
+             for p, c in zip(prompts, completions, strict=True)]
+    assert together == alone
+    assert [len(ex["completion_ids"]) for ex in together] == [1, 3, 2]
