@@ -8,25 +8,26 @@ temporary sibling of DIR and renamed at the end, so a failed run leaves nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 
 from data_prep import candidates as cand
 from data_prep import prompts, sequences
 from data_prep.errors import DataPrepError
 from data_prep.sources import Examples, SourceData, load_source
+from data_prep.writer import SplitWriter, write_dataset_dict_json
 
 FORMAT_VERSION = 1
 COLUMNS = ("user_id", "history", "target", "candidates", "prompt", "chosen", "rejected")
@@ -89,40 +90,50 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
 
 
-def split_table(ex: Examples, cands: np.ndarray, titles: pa.Array, names: pa.Array,
-                templates: list[str], choice: np.ndarray, num_candidates: int,
-                desc: str, quiet: bool) -> pa.Table:
-    """Arrow table with the contract columns for one split (built in chunks of rows)."""
-    n = len(ex)
-    chunks = []
-    for start in tqdm(range(0, max(n, 1), CHUNK_ROWS), desc=f"prompts {desc}", unit="chunk",
-                      leave=False, disable=quiet):
-        stop = min(start + CHUNK_ROWS, n)
-        offs = ex.hist_offsets[start:stop + 1]
-        hist = _list_array(offs - offs[0], pa.array(ex.hist_values[offs[0]:offs[-1]]))
-        c = cands[start:stop]
-        tgt = ex.target[start:stop]
-        m = stop - start
-        cand_list = _list_array(np.arange(m + 1) * num_candidates, pa.array(c.reshape(-1)))
-        rej = c[c != tgt[:, None]].reshape(m, num_candidates - 1)
-        rej_list = _list_array(np.arange(m + 1) * (num_candidates - 1),
-                               titles.take(pa.array(rej.reshape(-1))))
-        prompt = prompts.render(templates, choice[start:stop], prompts.join_lists(hist, names),
-                                prompts.join_lists(cand_list, names), num_candidates)
-        chunks.append(pa.table({
-            "user_id": pa.array(ex.user_id[start:stop], pa.int64()),
-            "history": hist,
-            "target": pa.array(tgt, pa.int64()),
-            "candidates": cand_list,
-            "prompt": prompt,
-            "chosen": titles.take(pa.array(tgt)),
-            "rejected": rej_list,
-        }))
-    return pa.concat_tables(chunks) if chunks else None
+def chunk_table(ex: Examples, start: int, stop: int, cands: np.ndarray, titles: pa.Array,
+                names: pa.Array, templates: list[str], choice: np.ndarray,
+                num_candidates: int) -> pa.Table:
+    """Arrow table with the contract columns for rows [start, stop) of one split.
+
+    `cands` [stop - start, C] and `choice` [stop - start] belong to these rows; `titles` are
+    what `chosen`/`rejected` hold, `names` what the prompt shows (both indexed by item id).
+    """
+    m = stop - start
+    offs = ex.hist_offsets[start:stop + 1]
+    hist = _list_array(offs - offs[0], pa.array(ex.hist_values[offs[0]:offs[-1]]))
+    tgt = ex.target[start:stop]
+    cand_list = _list_array(np.arange(m + 1) * num_candidates, pa.array(cands.reshape(-1)))
+    rej = cands[cands != tgt[:, None]].reshape(m, num_candidates - 1)
+    rej_list = _list_array(np.arange(m + 1) * (num_candidates - 1),
+                           titles.take(pa.array(rej.reshape(-1))))
+    prompt = prompts.render(templates, choice, prompts.join_lists(hist, names),
+                            prompts.join_lists(cand_list, names), num_candidates)
+    return pa.table({
+        "user_id": pa.array(ex.user_id[start:stop], pa.int64()),
+        "history": hist,
+        "target": pa.array(tgt, pa.int64()),
+        "candidates": cand_list,
+        "prompt": prompt,
+        "chosen": titles.take(pa.array(tgt)),
+        "rejected": rej_list,
+    })
 
 
-def build(args: argparse.Namespace) -> dict:
-    """Run the whole pipeline; returns meta (also written to DIR/meta.json)."""
+def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
+    """Run the whole pipeline; returns meta (also written to DIR/meta.json).
+
+    `timings`, when given, receives seconds per stage (load, sequences, candidates, prompts,
+    write); they stay out of meta.json, which must not change between identical runs.
+    """
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - clock
+        clock = now
+
     check_args(args)
     out = check_output_dir(args)
     src = load_source(args)
@@ -135,7 +146,20 @@ def build(args: argparse.Namespace) -> dict:
             "lower --num-candidates or use a larger catalogue"
         )
     tmpl = prompts.load_templates(src.domain, args.template)
+    lap("load")
     split_ex, counts, info = make_examples(src, args)
+    split_info = {}
+    for split in SPLITS:
+        ex = split_ex[split]
+        if len(ex) == 0:
+            raise DataPrepError(
+                f"{args.dataset}: the {split} split is empty after --min-history {args.min_history}; "
+                "use more data or lower --min-history"
+            )
+        split_info[split] = {"examples": int(len(ex)), "users": int(len(np.unique(ex.user_id))),
+                             "mean_history": round(float(np.diff(ex.hist_offsets).mean()), 4)}
+    meta = make_meta(args, src, info, split_info, tmpl)
+    lap("sequences")
 
     catalogue = items["item_id"].to_numpy(np.int64)
     size = int(catalogue.max()) + 1
@@ -149,34 +173,34 @@ def build(args: argparse.Namespace) -> dict:
     titles = pa.array(shown, pa.string())
     names = prompts.display_names(titles, args.item_format)
 
-    tables, split_info = {}, {}
-    for i, split in enumerate(SPLITS):
-        ex = split_ex[split]
-        if len(ex) == 0:
-            raise DataPrepError(
-                f"{args.dataset}: the {split} split is empty after --min-history {args.min_history}; "
-                "use more data or lower --min-history"
-            )
-        common = dict(hist_offsets=ex.hist_offsets, hist_values=ex.hist_values, target=ex.target,
-                      catalogue=catalogue, num_candidates=args.num_candidates,
-                      max_history=args.max_history, desc=f"candidates {split}",
-                      quiet=args.quiet)
-        if args.candidate_sampler == "llara":
-            c = cand.llara_candidates(**common)
-        elif args.candidate_sampler == "uniform":
-            c = cand.numpy_candidates(**common, seed=_seed(args.seed, 1, i))
-        else:
-            w = counts.astype(np.float64) ** args.popularity_alpha
-            c = cand.numpy_candidates(**common, seed=_seed(args.seed, 1, i), weights=w)
-        choice = np.random.default_rng([args.seed, 2, i]).integers(len(tmpl.texts), size=len(ex))
-        tables[split] = split_table(ex, c, titles, names, tmpl.texts, choice, args.num_candidates,
-                                    split, args.quiet)
-        lengths = np.diff(ex.hist_offsets)
-        split_info[split] = {"examples": int(len(ex)), "users": int(len(np.unique(ex.user_id))),
-                             "mean_history": round(float(lengths.mean()), 4)}
-
-    meta = make_meta(args, src, info, split_info, tmpl)
-    write_output(out, tables, items, counts, meta, src, args)
+    with atomic_dir(out) as tmp:
+        for i, split in enumerate(SPLITS):
+            ex = split_ex[split]
+            if args.candidate_sampler == "llara":
+                sampler = cand.LlaraSampler(catalogue, args.num_candidates, args.max_history)
+            else:
+                w = None
+                if args.candidate_sampler == "popularity":
+                    w = counts.astype(np.float64) ** args.popularity_alpha
+                sampler = cand.NumpySampler(catalogue, args.num_candidates, args.max_history,
+                                            _seed(args.seed, 1, i), w)
+            choice = np.random.default_rng([args.seed, 2, i]).integers(len(tmpl.texts), size=len(ex))
+            writer = SplitWriter(tmp / split, split)
+            for start in tqdm(range(0, len(ex), CHUNK_ROWS), desc=split, unit="chunk",
+                              leave=False, disable=args.quiet):
+                stop = min(start + CHUNK_ROWS, len(ex))
+                c = sampler(ex.hist_offsets[start:stop + 1], ex.hist_values, ex.target[start:stop],
+                            desc=split)
+                lap("candidates")
+                table = chunk_table(ex, start, stop, c, titles, names, tmpl.texts,
+                                    choice[start:stop], args.num_candidates)
+                lap("prompts")
+                writer.write(table)
+                lap("write")
+            writer.close(hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
+        write_dataset_dict_json(tmp, list(SPLITS))
+        write_side_files(tmp, items, counts, meta, src, args)
+        lap("write")
     return meta
 
 
@@ -211,46 +235,51 @@ def fingerprint(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_output(out: Path, tables: dict, items: pd.DataFrame, counts: np.ndarray, meta: dict,
-                 src: SourceData, args) -> None:
-    """Write everything to a temporary sibling of `out`, then rename it into place."""
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """Yield a temporary sibling of `out`; on success it replaces `out`, on failure it (and any
+    parent folders this created) is removed, so `out` is never left half-written."""
     out = out.absolute()
+    created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    ok = False
     try:
-        dd = datasets.DatasetDict({
-            split: datasets.Dataset(InMemoryTable(table), split=split,
-                                    fingerprint=hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
-            for split, table in tables.items()
-        })
-        if args.quiet:
-            datasets.disable_progress_bars()
-        dd.save_to_disk(str(tmp))
-        with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-            for item_id, title, count in zip(items["item_id"].tolist(), items["title"].tolist(),
-                                             counts.tolist(), strict=True):
-                f.write(json.dumps({"item_id": item_id, "title": title, "train_count": count},
-                                   ensure_ascii=False) + "\n")
-        for name, table in src.extra_tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        try:
-            from napo.utils import write_run_info
-
-            write_run_info(tmp, {k: v for k, v in vars(args).items()}, args.seed)
-        except ImportError:  # napo is optional for data_prep
-            pass
+        yield tmp
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
+        ok = True
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if not ok:
+            for p in created:  # innermost first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+
+
+def write_side_files(tmp: Path, items: pd.DataFrame, counts: np.ndarray, meta: dict,
+                     src: SourceData, args) -> None:
+    """items.jsonl, meta.json, id maps and run.json."""
+    with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+        for item_id, title, count in zip(items["item_id"].tolist(), items["title"].tolist(),
+                                         counts.tolist(), strict=True):
+            f.write(json.dumps({"item_id": item_id, "title": title, "train_count": count},
+                               ensure_ascii=False) + "\n")
+    for name, table in src.extra_tables.items():
+        table.to_csv(tmp / f"{name}.csv", index=False)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    try:
+        from napo.utils import write_run_info
+    except ImportError:  # data_prep works without the napo package
+        return
+    write_run_info(tmp, dict(vars(args)), args.seed)
 
 
 def summary_table(meta: dict) -> str:

@@ -25,11 +25,11 @@ SAMPLERS = ("llara", "uniform", "popularity")
 
 
 def _excluded(hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndarray,
-              catalogue: np.ndarray, max_history: int) -> tuple[np.ndarray, np.ndarray]:
+              catalogue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row sorted, de-duplicated catalogue positions that may not be negatives.
 
-    Returns `ex [N, W]` (int64, padded with a huge value) and `n_ex [N]`, where W = max
-    history length + 1. Positions index into `catalogue` (sorted item ids).
+    Returns `ex [N, W]` (int64, padded with a huge value) and `n_ex [N]`, where W = longest
+    history + 1. Positions index into `catalogue` (sorted item ids).
     """
     n = len(target)
     lengths = np.diff(hist_offsets)
@@ -72,54 +72,78 @@ def check_pool_size(n_items: int, n_ex: np.ndarray, num_candidates: int, split: 
         )
 
 
+class LlaraSampler:
+    """The LLaRA protocol, exact, for a stream of example chunks.
+
+    The indices `random.sample` draws depend only on the seed (the target) and the pool size, and
+    the shuffle only on the target; so Python's `random` runs once per distinct
+    (target, pool size) pair and once per distinct target, and everything else is numpy.
+    Results are cached across chunks in sorted key arrays.
+    """
+
+    def __init__(self, catalogue: np.ndarray, num_candidates: int, max_history: int):
+        self.catalogue = catalogue
+        self.c = num_candidates
+        self.k = num_candidates - 1
+        self.width = max_history + 2  # n_excluded is in 1..max_history+1
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.draws = np.zeros((0, self.k), dtype=np.int64)
+        self.perm = np.zeros((len(catalogue), num_candidates), dtype=np.int16)
+        self.has_perm = np.zeros(len(catalogue), dtype=bool)
+        self.rng = random.Random()
+
+    def _fill(self, keys: np.ndarray) -> None:
+        new = keys[~np.isin(keys, self.keys)]
+        if not len(new):
+            return
+        rows = np.empty((len(new), self.k), dtype=np.int64)
+        n_items = len(self.catalogue)
+        for r, key in enumerate(new.tolist()):
+            tpos, n_ex = divmod(key, self.width)
+            self.rng.seed(int(self.catalogue[tpos]))
+            rows[r] = self.rng.sample(range(n_items - n_ex), self.k)
+        keys_all = np.concatenate([self.keys, new])
+        order = np.argsort(keys_all, kind="stable")
+        self.keys = keys_all[order]
+        self.draws = np.concatenate([self.draws, rows])[order]
+
+    def _fill_perm(self, tpos: np.ndarray) -> None:
+        for p in np.unique(tpos[~self.has_perm[tpos]]).tolist():
+            order = list(range(self.c))
+            self.rng.seed(int(self.catalogue[p]))
+            self.rng.shuffle(order)
+            self.perm[p] = order
+            self.has_perm[p] = True
+
+    def __call__(self, hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndarray,
+                 desc: str = "candidates") -> np.ndarray:
+        """Candidates `[N, C]` for N examples (offsets may start anywhere)."""
+        offs = hist_offsets - hist_offsets[0]
+        ex, n_ex = _excluded(offs, hist_values[hist_offsets[0]:hist_offsets[-1]], target,
+                             self.catalogue)
+        check_pool_size(len(self.catalogue), n_ex, self.c, desc)
+        if n_ex.max(initial=0) >= self.width:
+            raise ValueError("a history is longer than max_history")
+        tpos = np.searchsorted(self.catalogue, target)
+        keys = tpos * self.width + n_ex
+        self._fill(np.unique(keys))
+        self._fill_perm(tpos)
+        idx = self.draws[np.searchsorted(self.keys, keys)]
+        neg = self.catalogue[_pool_to_position(idx, ex)]
+        unshuffled = np.concatenate([neg, target[:, None]], axis=1)
+        return np.take_along_axis(unshuffled, self.perm[tpos].astype(np.int64), axis=1)
+
+
 def llara_candidates(hist_offsets, hist_values, target, catalogue, num_candidates: int,
                      max_history: int, chunk: int = 200_000, desc: str = "candidates",
                      quiet: bool = False) -> np.ndarray:
-    """The LLaRA protocol, exact. Python's `random` is only called once per distinct
-    (target, pool size) pair: the drawn pool indices depend on nothing else, so they are cached
-    and mapped to item ids with numpy."""
-    k = num_candidates - 1
+    """LLaRA candidates `[N, C]` for all examples at once (chunked internally)."""
+    sampler = LlaraSampler(catalogue, num_candidates, max_history)
     n = len(target)
     out = np.empty((n, num_candidates), dtype=np.int64)
-    sample_cache: dict[tuple[int, int], list[int]] = {}
-    shuffle_cache: dict[int, list[int]] = {}
-    rng = random.Random()
-    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False,
-                      disable=quiet):
+    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=quiet):
         stop = min(start + chunk, n)
-        offs = hist_offsets[start:stop + 1]
-        ex, n_ex = _excluded(offs - offs[0], hist_values[offs[0]:offs[-1]], target[start:stop],
-                             catalogue, max_history)
-        pool_size = len(catalogue) - n_ex
-        check_pool_size(len(catalogue), n_ex, num_candidates, desc)
-        tgt = target[start:stop]
-        idx = np.empty((stop - start, k), dtype=np.int64)
-        perm = np.empty((stop - start, num_candidates), dtype=np.int64)
-        # Unique (target, pool size) pairs: the only per-row Python work left.
-        keys = np.stack([tgt, pool_size], axis=1)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        u_idx = np.empty((len(uniq), k), dtype=np.int64)
-        u_perm = np.empty((len(uniq), num_candidates), dtype=np.int64)
-        for u, (t, size) in enumerate(uniq.tolist()):
-            got = sample_cache.get((t, size))
-            if got is None:
-                rng.seed(t)
-                got = rng.sample(range(size), k)
-                sample_cache[(t, size)] = got
-            u_idx[u] = got
-            p = shuffle_cache.get(t)
-            if p is None:
-                p = list(range(num_candidates))
-                rng.seed(t)
-                rng.shuffle(p)
-                shuffle_cache[t] = p
-            u_perm[u] = p
-        idx[:] = u_idx[inverse]
-        perm[:] = u_perm[inverse]
-        neg = catalogue[_pool_to_position(idx, ex)]
-        unshuffled = np.concatenate([neg, tgt[:, None]], axis=1)
-        out[start:stop] = np.take_along_axis(unshuffled, perm, axis=1)
+        out[start:stop] = sampler(hist_offsets[start:stop + 1], hist_values, target[start:stop], desc)
     return out
 
 
@@ -161,40 +185,55 @@ def _draw_distinct(rng: np.random.Generator, pool_size: np.ndarray, k: int,
     )
 
 
-def numpy_candidates(hist_offsets, hist_values, target, catalogue, num_candidates: int,
-                     max_history: int, seed: int, weights: np.ndarray | None = None,
-                     chunk: int = 200_000, desc: str = "candidates", quiet: bool = False) -> np.ndarray:
-    """`uniform` (weights None) or `popularity` (weights [len(catalogue)] >= 0) sampler.
+class NumpySampler:
+    """`uniform` (weights None) or `popularity` (weights [len(catalogue)] >= 0) negatives.
 
-    The target is put at a seeded random slot among the candidates.
+    One seeded `numpy.random.Generator` runs through the chunks in order, so a run is
+    reproducible for a fixed chunk size. The target goes to a uniformly drawn slot.
     """
-    k = num_candidates - 1
-    n = len(target)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, num_candidates), dtype=np.int64)
-    cdf = None
-    if weights is not None:
-        cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
-        if int((np.asarray(weights) > 0).sum()) < num_candidates + max_history:
-            raise DataPrepError(
-                f"popularity sampler: only {int((np.asarray(weights) > 0).sum())} items have a "
-                f"non-zero weight, fewer than --num-candidates + --max-history; use "
-                "--candidate-sampler uniform"
-            )
-    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False,
-                      disable=quiet):
-        stop = min(start + chunk, n)
-        offs = hist_offsets[start:stop + 1]
-        ex, n_ex = _excluded(offs - offs[0], hist_values[offs[0]:offs[-1]], target[start:stop],
-                             catalogue, max_history)
-        check_pool_size(len(catalogue), n_ex, num_candidates, desc)
-        pos = _draw_distinct(rng, len(catalogue) - n_ex, k, cdf, ex)
-        neg = catalogue[pos]
-        slot = rng.integers(0, num_candidates, size=stop - start)
-        rows = np.concatenate([neg, target[start:stop, None]], axis=1)
+
+    def __init__(self, catalogue: np.ndarray, num_candidates: int, max_history: int,
+                 seed, weights: np.ndarray | None = None):
+        self.catalogue = catalogue
+        self.c = num_candidates
+        self.width = max_history + 2
+        self.rng = np.random.default_rng(seed)
+        self.cdf = None
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            positive = int((weights > 0).sum())
+            if positive < num_candidates + max_history:
+                raise DataPrepError(
+                    f"popularity sampler: only {positive} items have a non-zero weight, fewer "
+                    "than --num-candidates + --max-history; use --candidate-sampler uniform"
+                )
+            self.cdf = np.cumsum(weights)
+
+    def __call__(self, hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndarray,
+                 desc: str = "candidates") -> np.ndarray:
+        k, n = self.c - 1, len(target)
+        offs = hist_offsets - hist_offsets[0]
+        ex, n_ex = _excluded(offs, hist_values[hist_offsets[0]:hist_offsets[-1]], target,
+                             self.catalogue)
+        check_pool_size(len(self.catalogue), n_ex, self.c, desc)
+        pos = _draw_distinct(self.rng, len(self.catalogue) - n_ex, k, self.cdf, ex)
+        rows = np.concatenate([self.catalogue[pos], target[:, None]], axis=1)
+        slot = self.rng.integers(0, self.c, size=n)
         # Move the target (last column) to `slot`, keeping the negatives' order otherwise.
-        order = np.broadcast_to(np.arange(num_candidates), rows.shape).copy()
+        order = np.broadcast_to(np.arange(self.c), rows.shape).copy()
         order = np.where(order < slot[:, None], order, order - 1)
-        order[np.arange(stop - start), slot] = k
-        out[start:stop] = np.take_along_axis(rows, order, axis=1)
+        order[np.arange(n), slot] = k
+        return np.take_along_axis(rows, order, axis=1)
+
+
+def numpy_candidates(hist_offsets, hist_values, target, catalogue, num_candidates: int,
+                     max_history: int, seed, weights: np.ndarray | None = None,
+                     chunk: int = 200_000, desc: str = "candidates", quiet: bool = False) -> np.ndarray:
+    """`uniform` / `popularity` candidates `[N, C]` for all examples at once."""
+    sampler = NumpySampler(catalogue, num_candidates, max_history, seed, weights)
+    n = len(target)
+    out = np.empty((n, num_candidates), dtype=np.int64)
+    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=quiet):
+        stop = min(start + chunk, n)
+        out[start:stop] = sampler(hist_offsets[start:stop + 1], hist_values, target[start:stop], desc)
     return out

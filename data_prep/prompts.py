@@ -77,20 +77,17 @@ def _check(body: str, path: Path, line: int) -> None:
     for need in ("history", "candidates"):
         if need not in names:
             raise DataPrepError(f"{path}, template starting at line {line}: missing {{{need}}}")
+        if body.count("{" + need + "}") > 1:
+            raise DataPrepError(f"{path}, template starting at line {line}: {{{need}}} appears twice; use it once")
 
 
-def _parts(text: str, num_candidates: int) -> list[str | None]:
-    """Split a template into literal strings and placeholders ("history"/"candidates" as None
-    markers are kept as their names)."""
+def _parts(text: str, num_candidates: int) -> tuple[str, str, str, str, str]:
+    """(before, first slot, between, second slot, after) of a template; slots are
+    "history" / "candidates", each present once."""
     text = text.replace("{num_candidates}", str(num_candidates))
-    out: list = []
-    pos = 0
-    for m in _PLACEHOLDER.finditer(text):
-        out.append(text[pos:m.start()])
-        out.append(("slot", m.group(1)))
-        pos = m.end()
-    out.append(text[pos:])
-    return out
+    h, c = text.index("{history}"), text.index("{candidates}")
+    (a, na), (b, nb) = sorted([(h, "history"), (c, "candidates")])
+    return text[:a], na, text[a + len(na) + 2:b], nb, text[b + len(nb) + 2:]
 
 
 def display_names(titles: pa.Array, item_format: str) -> pa.Array:
@@ -108,24 +105,22 @@ def join_lists(lists: pa.ListArray, names: pa.Array) -> pa.Array:
 
 def render(templates: list[str], choice: np.ndarray, history: pa.Array, candidates: pa.Array,
            num_candidates: int) -> pa.Array:
-    """Prompt per row: template `choice[i]` with row i's history and candidate strings."""
-    n = len(choice)
-    pieces, index = [], np.empty(n, dtype=np.int64)
-    done = 0
-    for t, text in enumerate(templates):
-        rows = np.flatnonzero(choice == t)
-        if not len(rows):
-            continue
-        h, c = history.take(pa.array(rows)), candidates.take(pa.array(rows))
-        args = []
-        for part in _parts(text, num_candidates):
-            if isinstance(part, tuple):
-                args.append(h if part[1] == "history" else c)
-            elif part:
-                args.append(pa.scalar(part))
-        if not any(isinstance(a, pa.Array) for a in args):
-            args.append(pa.array([""] * len(rows)))
-        pieces.append(pc.binary_join_element_wise(*args, ""))
-        index[rows] = np.arange(done, done + len(rows))
-        done += len(rows)
-    return pa.concat_arrays(pieces).take(pa.array(index)) if pieces else pa.array([], pa.string())
+    """Prompt per row: template `choice[i]` with row i's history and candidate strings.
+
+    Each template is literal + slot + literal + slot + literal, so all rows render in one
+    vectorized join with per-row literals (taken from the templates by `choice`).
+    """
+    parts = [_parts(t, num_candidates) for t in templates]
+    idx = pa.array(np.asarray(choice, dtype=np.int64))
+    lit = [pa.array([p[j] for p in parts], pa.string()).take(idx) for j in (0, 2, 4)]
+    slot = {"history": history, "candidates": candidates}
+    firsts = {p[1] for p in parts}
+    if len(firsts) == 1:
+        first = firsts.pop()
+        second = "candidates" if first == "history" else "history"
+        return pc.binary_join_element_wise(lit[0], slot[first], lit[1], slot[second], lit[2], "")
+    # Templates disagree on the slot order: render both orders and pick per row.
+    hc = pc.binary_join_element_wise(lit[0], history, lit[1], candidates, lit[2], "")
+    ch = pc.binary_join_element_wise(lit[0], candidates, lit[1], history, lit[2], "")
+    history_first = np.array([p[1] == "history" for p in parts])[np.asarray(choice)]
+    return pc.if_else(pa.array(history_first), hc, ch)

@@ -132,12 +132,16 @@ def test_overwrite_replaces_and_failure_leaves_previous(tmp_path, log_files, mon
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(build.datasets.DatasetDict, "save_to_disk", boom)
+    monkeypatch.setattr(build.SplitWriter, "close", boom)
     kept = (out / "meta.json").read_bytes()
     with pytest.raises(RuntimeError):
         _run(*base, "--seed", 4, "--overwrite")
     assert (out / "meta.json").read_bytes() == kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inter.csv", "items.csv", "out"]
+    # A failed first run into new nested folders leaves none of them behind.
+    with pytest.raises(RuntimeError):
+        _run(*base[:-1], tmp_path / "new" / "deeper" / "out")
+    assert not (tmp_path / "new").exists()
 
 
 def test_load_prepared_errors(tmp_path, log_files):

@@ -56,7 +56,7 @@ def test_pool_to_position_equals_brute_force():
     n = 50
     hist, tgt = _random_examples(rng, 200, np.arange(n))
     offsets, values = _flat(hist)
-    ex, n_ex = _excluded(offsets, values, tgt, np.arange(n), 10)
+    ex, n_ex = _excluded(offsets, values, tgt, np.arange(n))
     for r in range(200):
         pool = [i for i in range(n) if i not in hist[r] and i != tgt[r]]
         assert n_ex[r] == n - len(pool)

@@ -1,0 +1,102 @@
+"""Time and peak memory of `python -m data_prep --dataset interactions` on synthetic logs.
+
+Usage: python bench/prep_scaling.py [--sizes 1000000 10000000] [--quick] [--sampler llara]
+
+Each size runs in a fresh subprocess (so peak RSS is that run's own). Logs have about 50
+interactions per user and Zipf-like item popularity over `size / 500` items (at least 2,000);
+they are written as Parquet first (not timed). Prints one row per size with the stage times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STAGES = ("load", "sequences", "candidates", "prompts", "write")
+
+
+def make_log(n: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Synthetic interactions (user_id, item_id, timestamp) and items (item_id, title)."""
+    rng = np.random.default_rng(seed)
+    n_users = max(n // 50, 10)
+    n_items = max(n // 500, 2000)
+    user = rng.integers(0, n_users, size=n)
+    # Zipf-like popularity: a few items are very common, most are rare.
+    weights = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    item = rng.choice(n_items, size=n, p=weights / weights.sum())
+    ts = rng.integers(1_500_000_000, 1_600_000_000, size=n)
+    inter = pd.DataFrame({"user_id": user, "item_id": item, "timestamp": ts})
+    items = pd.DataFrame({"item_id": np.arange(n_items),
+                          "title": [f"Synthetic item number {i}" for i in range(n_items)]})
+    ip, tp = folder / f"inter_{n}.parquet", folder / f"items_{n}.parquet"
+    inter.to_parquet(ip)
+    items.to_parquet(tp)
+    return ip, tp
+
+
+def run_one(ip: Path, tp: Path, out: Path, sampler: str) -> dict:
+    """Runs the pipeline in this process; prints a JSON line with times and peak RSS."""
+    from data_prep.__main__ import parser
+    from data_prep.build import build
+
+    args = parser().parse_args([
+        "--dataset", "interactions", "--interactions", str(ip), "--items", str(tp),
+        "--output-dir", str(out), "--overwrite", "--quiet", "--candidate-sampler", sampler,
+    ])
+    timings: dict = {}
+    t0 = time.perf_counter()
+    meta = build(args, timings=timings)
+    total = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    examples = sum(s["examples"] for s in meta["counts"]["splits"].values())
+    return {"seconds": total, "peak_mb": peak_mb, "examples": examples, "stages": timings}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    p.add_argument("--quick", action="store_true", help="small sizes (50k, 200k) for a smoke run")
+    p.add_argument("--sampler", default="llara", help="llara | uniform | popularity")
+    p.add_argument("--keep", action="store_true", help="keep the generated files and outputs")
+    p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a._child:
+        print(json.dumps(run_one(Path(a._child[0]), Path(a._child[1]), Path(a._child[2]), a.sampler)))
+        return
+    sizes = [50_000, 200_000] if a.quick else a.sizes
+    tmp = Path(tempfile.mkdtemp(prefix="prep_scaling_"))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    print(f"data_prep scaling, sampler={a.sampler}, cpus={os.cpu_count()}, files in {tmp}")
+    print(f"{'interactions':>13} {'examples':>11} {'seconds':>8} {'s/M int.':>9} {'peak MB':>8}  "
+          + " ".join(f"{s:>10}" for s in STAGES))
+    for n in sizes:
+        ip, tp = make_log(n, tmp)
+        cmd = [sys.executable, __file__, "--sampler", a.sampler, "--_child", str(ip), str(tp),
+               str(tmp / f"out_{n}")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(f"{n:>13,} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{n:>13,} {r['examples']:>11,} {r['seconds']:>8.1f} {r['seconds'] / n * 1e6:>9.1f} "
+              f"{r['peak_mb']:>8.0f}  " + " ".join(f"{r['stages'].get(s, 0):>10.1f}" for s in STAGES))
+        if not a.keep:
+            for f in (ip, tp):
+                f.unlink()
+            subprocess.run(["rm", "-rf", str(tmp / f"out_{n}")], check=False)
+    if not a.keep:
+        os.rmdir(tmp) if not any(tmp.iterdir()) else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Streaming output in the `datasets.save_to_disk` layout, one chunk of rows at a time.
+
+Writing chunks as they are made keeps memory flat for large logs (a 10M-row split holds
+gigabytes of prompt text). The files are the ones `DatasetDict.save_to_disk` writes, so
+`datasets.load_from_disk` reads them: per split `data-00000-of-00001.arrow`, `state.json`,
+`dataset_info.json`, and `dataset_dict.json` at the top.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter
+
+FEATURES = datasets.Features({
+    "user_id": datasets.Value("int64"),
+    "history": datasets.List(datasets.Value("int64")),
+    "target": datasets.Value("int64"),
+    "candidates": datasets.List(datasets.Value("int64")),
+    "prompt": datasets.Value("string"),
+    "chosen": datasets.Value("string"),
+    "rejected": datasets.List(datasets.Value("string")),
+})
+DATA_FILE = "data-00000-of-00001.arrow"
+
+
+class SplitWriter:
+    """Append Arrow tables of one split; `close(fingerprint)` writes the metadata files."""
+
+    def __init__(self, folder: Path, split: str):
+        self.folder = folder
+        self.split = split
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writer = ArrowWriter(features=FEATURES, path=str(folder / DATA_FILE),
+                                  embed_local_files=False)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self, fingerprint: str) -> None:
+        self.writer.finalize()
+        self.writer.close()
+        state = {
+            "_data_files": [{"filename": DATA_FILE}],
+            "_fingerprint": fingerprint,
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": self.split,
+        }
+        (self.folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        info = asdict(datasets.DatasetInfo(features=FEATURES))
+        info = {key: info[key] for key in sorted(info)}
+        (self.folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
+
+
+def write_dataset_dict_json(folder: Path, splits: list[str]) -> None:
+    (folder / "dataset_dict.json").write_text(json.dumps({"splits": splits}))
