@@ -34,6 +34,17 @@ class EvalError(ValueError):
     """A one-line, user-facing problem with the evaluation inputs."""
 
 
+def process_state():
+    """accelerate's PartialState, on the CPU when no accelerator is present or ACCELERATE_USE_CPU
+    is set (PartialState() alone reads a CPU-only torchrun launch as one process per copy)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not has_accelerator)
+
+
 def modes_of(mode: str) -> list[str]:
     if mode not in MODES:
         raise EvalError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
@@ -105,10 +116,9 @@ def evaluate_rows(
     """
     if scorer is None and generator is None:
         raise EvalError("nothing to evaluate: give a scorer (rank), a generator (generate) or both")
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state = process_state()
     n = len(rows)
     if n == 0:
         raise EvalError("the split has no examples to evaluate")
@@ -210,9 +220,7 @@ def evaluate(
     wanted = modes_of(mode)
     rows, items, meta = load_split(dataset_dir, split, max_examples)
     if model is not None and not getattr(model, "hf_device_map", None):
-        from accelerate import PartialState
-
-        model.to(PartialState().device)  # each process scores its shard on its own device
+        model.to(process_state().device)  # each process scores its shard on its own device
     if "rank" in wanted and scorer is None:
         if model is None:
             raise EvalError("mode rank needs a model (or an injected scorer)")
@@ -248,9 +256,7 @@ def evaluate(
     metrics = evaluate_rows(rows, train_counts_array(items), output_dir, scorer=scorer, generator=generator,
                             batch_size=batch_size, ks=ks, info=info, show_progress=show_progress)
     if output_dir is not None:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         if state.is_main_process:
             from napo.utils import write_run_info
 

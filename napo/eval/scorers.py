@@ -72,3 +72,23 @@ class PrecomputedScorer:
                 f"precomputed scores have {out.shape[1]} columns but the examples have {width} candidates"
             )
         return out
+
+
+def popularity_scorer(items) -> PopularityScorer:
+    """Popularity from a prepared dataset's items table (item_id, train_count)."""
+    from napo.eval.runner import train_counts_array
+
+    return PopularityScorer(train_counts_array(items))
+
+
+def aux_scorer(aux_dir, split: str, meta: dict) -> PrecomputedScorer:
+    """The auxiliary recommender's raw candidate logits (recipes/sasrec.py output, contracts.md §2)
+    as a scorer for `split`; the fingerprint and row count are checked by `load_aux`."""
+    import json
+    from pathlib import Path
+
+    from napo.recsys.aux import load_aux
+
+    _, candidate_scores = load_aux(aux_dir, split, meta)
+    model = json.loads((Path(aux_dir) / "meta.json").read_text()).get("model") or "aux"
+    return PrecomputedScorer(candidate_scores, name=str(model))
