@@ -184,7 +184,20 @@ class NAPOConfig(DPOConfig):
         metadata={"help": "Kept False: the collator needs the item ids and auxiliary columns."},
     )
 
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. None: on when fp16 is off and a CUDA device supports bf16, "
+            "otherwise off (TRL turns it on unconditionally, which fails on a CPU)."
+        },
+    )
+
     def __post_init__(self):
+        if self.bf16 is None:
+            import torch
+
+            self.bf16 = bool(not self.fp16 and not self.use_cpu and torch.cuda.is_available()
+                             and torch.cuda.is_bf16_supported())
         self._fill_loss_defaults()
         self._validate()
         super().__post_init__()

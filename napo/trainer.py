@@ -43,7 +43,7 @@ from napo.collator import (
 from napo.config import NAPOConfig
 from napo.losses import listwise_preference_loss, preference_rewards
 from napo.margin import DynamicMargin
-from napo.scoring import collate_listwise, completion_logps
+from napo.scoring import append_completions, collate_listwise, completion_logps
 from napo.sharing import gather_pool_ids, share_negatives
 
 MARGIN_STATE_FILE = "napo_margin.json"
@@ -281,14 +281,15 @@ class NAPOTrainer(DPOTrainer):
         own_real = inputs["completion_mask"][:, 1:]
         pool_slot[:, :num_own] = torch.where(own_real, torch.arange(1, num_own + 1, device=pool.ids.device), -1)
         ids, mask = pool.ids.tolist(), pool.mask.tolist()
-        extended = []
+        extra = []
         for b, example in enumerate(listwise):
-            comps = list(example["completion_ids"])
+            borrowed = []
             for j in range(num_own, len(ids[b])):
                 if mask[b][j]:
-                    pool_slot[b, j] = len(comps)
-                    comps.append(self._item_completions[ids[b][j]])
-            extended.append({"prompt_ids": example["prompt_ids"], "completion_ids": comps})
+                    pool_slot[b, j] = len(example["completion_ids"]) + len(borrowed)
+                    borrowed.append(self._item_completions[ids[b][j]])
+            extra.append(borrowed)
+        extended = append_completions(listwise, extra)
         batch = collate_listwise(extended, self._tokenizer.pad_token_id, self.args.scoring)
         batch = self._prepare_inputs(batch)
         return batch, pool_slot

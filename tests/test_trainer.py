@@ -1,0 +1,346 @@
+"""NAPOTrainer: the loss equals a hand-assembled one, the reference is right, training works.
+
+Everything runs on a random-init tiny Llama (hidden 32, 2 layers) over a synthetic item-token
+dataset (napo.models.synthetic), with LoRA.
+"""
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_prep.prepared import load_prepared
+from napo.collator import add_aux_columns
+from napo.config import NAPOConfig, NAPOConfigError
+from napo.models.synthetic import synthetic_prepared
+from napo.models.tiny import build_tiny_from_data
+from napo.trainer import NAPOTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model dir, DatasetDict with aux columns) built once for the module."""
+    root = tmp_path_factory.mktemp("napo_tiny")
+    data_dir = synthetic_prepared(root / "data", num_items=40, rows=(16, 8, 8), num_candidates=8,
+                                  item_format="token", seed=0)
+    dataset, items, _ = load_prepared(data_dir)
+    model_dir = root / "model"
+    build_tiny_from_data(dataset, items, model_dir, hidden_size=32, num_layers=2, num_heads=2,
+                         vocab_size=300, item_tokens=True, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for split in list(dataset):
+        n = len(dataset[split])
+        dataset[split] = add_aux_columns(dataset[split], torch.randn(n, 6, generator=gen),
+                                         torch.randn(n, 8, generator=gen))
+    return model_dir, dataset
+
+
+def load_model(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
+
+
+def make_trainer(tmp_path, tiny, *, lora=None, model=None, train_rows=None, eval_dataset=None, **overrides):
+    model_dir, dataset = tiny
+    settings = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        max_steps=2, learning_rate=1e-2, logging_steps=1, report_to="none", bf16=False,
+        gradient_checkpointing=False, save_strategy="no", use_cpu=True, seed=0,
+        dataloader_pin_memory=False,
+    )
+    if overrides.get("loss_type", "napo") == "napo":
+        settings["aux_dir"] = "unused-here"  # the aux columns are already joined
+    settings.update(overrides)
+    args = NAPOConfig(**settings)
+    train = dataset["train"] if train_rows is None else dataset["train"].select(range(train_rows))
+    peft_config = None if model is not None else LoraConfig(**(lora or LORA))
+    return NAPOTrainer(
+        model if model is not None else load_model(model_dir), args=args, train_dataset=train,
+        eval_dataset=eval_dataset, processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=peft_config,
+    )
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_defaults_follow_loss_type(tmp_path):
+    dpo = NAPOConfig(output_dir=str(tmp_path), loss_type="dpo")
+    assert (dpo.num_negatives, dpo.reference, dpo.share_negatives, dpo.gamma0, dpo.beta) == (1, "adapter", False, 0.0, 1.0)
+    sdpo = NAPOConfig(output_dir=str(tmp_path), loss_type="sdpo", reference="precomputed")
+    assert (sdpo.num_negatives, sdpo.precompute_ref_log_probs, sdpo.loss_type) == (3, True, "sdpo")
+    napo = NAPOConfig(output_dir=str(tmp_path), loss_type="napo", aux_dir="aux")
+    assert (napo.reference, napo.share_negatives, napo.share_ratio, napo.gamma0, napo.margin_alpha,
+            napo.margin_momentum, napo.num_negatives) == ("none", True, 0.7, 1.0, 0.3, 0.9, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(loss_type="napo"), "need the auxiliary recommender outputs: set aux_dir"),
+    (dict(loss_type="dpo", num_negatives=3), "uses exactly one negative"),
+    (dict(loss_type="sdpo", reference="none"), "needs a reference"),
+    (dict(loss_type="sopo"), "did you mean 'sdpo'"),
+    (dict(loss_type="napo", aux_dir="a", share_ratio=1.5), "share_ratio"),
+    (dict(loss_type="sdpo", share_negatives=True, share_mode="rescore", aux_dir="a", reference="precomputed"),
+     "no precomputed reference"),
+])
+def test_config_errors_are_one_clear_line(tmp_path, kwargs, message):
+    with pytest.raises(NAPOConfigError, match=message) as err:
+        NAPOConfig(output_dir=str(tmp_path), **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_reference_adapter_needs_lora(tmp_path, tiny):
+    with pytest.raises(ValueError, match="needs a LoRA"):
+        make_trainer(tmp_path, tiny, model=load_model(tiny[0]), loss_type="sdpo")
+
+
+# ----------------------------------------------------------------------------- the loss by hand
+
+
+def brute_logps(model, prompt_ids, completion_ids):
+    """Sum of log p(completion | prompt) from one plain forward of prompt + completion."""
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)])
+    logprobs = model(input_ids=ids).logits.float().log_softmax(-1)[0]
+    start = len(prompt_ids)
+    return sum(logprobs[start + j - 1, tok] for j, tok in enumerate(completion_ids))
+
+
+def hand_loss(trainer, rows, batch):
+    """The loss of one batch assembled by hand from the rows (no napo.scoring/sharing/losses)."""
+    args, model = trainer.args, trainer.model
+    beta, k = args.beta, args.num_negatives
+    item_ids = batch["item_ids"].tolist()
+    completions = {}  # item id -> token ids (rescore scores borrowed items under one's own prompt)
+    for row in rows:
+        for item, comp in zip(row["item_ids"], row["completion_ids"], strict=True):
+            completions.setdefault(item, comp)
+
+    def score(b, item, reference):
+        context = model.disable_adapter() if reference else contextlib.nullcontext()
+        with context, torch.no_grad():
+            return float(brute_logps(model, rows[b]["prompt_ids"], completions[item]))
+
+    n = len(rows)
+    user = torch.tensor([row["aux_user_vector"] for row in rows], dtype=torch.float64)
+    sim = user @ user.T
+    sim.fill_diagonal_(-math.inf)
+    num_partners = math.floor(args.share_ratio * (n - 1) + 1e-9) if args.share_negatives else 0
+    losses = []
+    for b in range(n):
+        chosen = item_ids[b][0]
+        pool = [(b, i) for i in item_ids[b][1:]]  # (whose prompt scores it, item)
+        partners = sorted(range(n), key=lambda j: (-sim[b, j].item(), j))[:num_partners]
+        for p in partners:
+            for item in item_ids[p][1:]:
+                if item == chosen or item in [i for _, i in pool]:
+                    continue
+                pool.append((b if args.share_mode == "rescore" else p, item))
+        c = score(b, chosen, False)
+        rejected = [score(o, i, False) for o, i in pool]
+        if args.reference != "none":
+            c -= score(b, chosen, True)
+            rejected = [r - score(o, i, True) for r, (o, i) in zip(rejected, pool, strict=True)]
+        gamma = args.gamma0  # first training batch: bias-corrected M_bar = M_t, so gamma_t = gamma0
+        z = torch.logsumexp(torch.tensor([beta * (r - c) for r in rejected]), 0)
+        losses.append(float(F.softplus(gamma + z)))
+    assert len(item_ids[0]) == k + 1
+    return sum(losses) / n
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(loss_type="dpo"),
+    dict(loss_type="sdpo", beta=0.5),
+    dict(loss_type="napo"),
+    dict(loss_type="napo", share_mode="rescore", scoring="naive"),
+    dict(loss_type="sdpo", share_negatives=True, aux_dir="a", gamma0=0.5, margin_alpha=0.0),
+])
+def test_loss_equals_hand_assembled(tmp_path, tiny, overrides):
+    # a random (non-zero) LoRA so that policy and reference differ
+    trainer = make_trainer(tmp_path, tiny, lora={**LORA, "init_lora_weights": False}, **overrides)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    expected = hand_loss(trainer, rows, batch)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    logged = trainer._metrics["train"]
+    k = trainer.args.num_negatives
+    if trainer.args.share_negatives:
+        assert logged["napo/pool_size"][-1] > k and 0 < logged["napo/shared_fraction"][-1] < 1
+    else:
+        assert logged["napo/pool_size"][-1] == k and logged["napo/shared_fraction"][-1] == 0
+    assert logged["napo/gamma"][-1] == pytest.approx(trainer.args.gamma0)
+
+
+def test_reference_is_the_adapter_disabled_policy(tmp_path, tiny):
+    trainer = make_trainer(tmp_path, tiny, loss_type="sdpo", max_steps=3, learning_rate=5e-2)
+    trainer.train()
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    ref = trainer._reference_logps(trainer.model, batch)
+    model = trainer.model
+    for b, row in enumerate(rows):
+        for m in range(batch["item_ids"].shape[1]):
+            comp = row["completion_ids"][row["item_ids"].index(batch["item_ids"][b, m].item())]
+            with torch.no_grad(), model.disable_adapter():
+                base = float(brute_logps(model, row["prompt_ids"], comp))
+            with torch.no_grad():
+                policy = float(brute_logps(model, row["prompt_ids"], comp))
+            assert ref[b, m].item() == pytest.approx(base, abs=1e-4)
+            assert abs(policy - base) > 1e-4  # training moved the policy away from the reference
+
+
+def test_sft_adapter_is_continued_and_its_frozen_copy_is_the_reference(tmp_path, tiny):
+    torch.manual_seed(1)
+    sft = PeftModel(load_model(tiny[0]), LoraConfig(**{**LORA, "init_lora_weights": False}))
+    trainer = make_trainer(tmp_path, tiny, model=sft, loss_type="sdpo", num_negatives=3)
+    model = trainer.model
+    assert set(model.peft_config) == {"default", "ref"}
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
+    assert any(p.requires_grad for n, p in model.named_parameters() if ".default." in n)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    model.train()
+    # policy == reference (the SFT adapter) at the start: every reward is 0 and the S-DPO loss is
+    # softplus(log K) = log(1 + K), whatever the logps
+    loss = trainer.compute_loss(model, batch)
+    assert loss.item() == pytest.approx(math.log(1 + 3), abs=1e-5)
+    with torch.no_grad(), model.disable_adapter():  # the base model is NOT the reference
+        base = float(brute_logps(model, rows[0]["prompt_ids"], rows[0]["completion_ids"][0]))
+    ref = trainer._reference_logps(model, batch)
+    assert abs(ref[0, 0].item() - base) > 1e-4
+
+
+def test_precomputed_reference_equals_adapter_reference(tmp_path, tiny):
+    losses = []
+    for reference in ("adapter", "precomputed"):
+        trainer = make_trainer(tmp_path / reference, tiny, lora={**LORA, "init_lora_weights": False},
+                               loss_type="sdpo", reference=reference)
+        assert ("ref_logps" in trainer.train_dataset.column_names) == (reference == "precomputed")
+        rows = [trainer.train_dataset[i] for i in range(4)]
+        batch = trainer._prepare_inputs(trainer.data_collator(rows))
+        trainer.model.train()
+        losses.append(trainer.compute_loss(trainer.model, batch).item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_margin_moves_in_training_only(tmp_path, tiny):
+    _, dataset = tiny
+    trainer = make_trainer(tmp_path, tiny, loss_type="napo", eval_dataset=dataset["valid"], max_steps=2)
+    trainer.evaluate()
+    assert trainer.margin.state_dict() == {"ema": 0.0, "steps": 0}
+    trainer.train()
+    state = trainer.margin.state_dict()
+    assert state["steps"] == 2 and state["ema"] != 0.0
+    metrics = trainer.evaluate()
+    assert trainer.margin.state_dict() == state
+    assert math.isfinite(metrics["eval_loss"]) and "eval_napo/gamma" in metrics
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "sdpo", "napo"])
+def test_trains_on_a_repeated_batch_saves_and_reloads(tmp_path, tiny, loss_type):
+    trainer = make_trainer(tmp_path, tiny, loss_type=loss_type, train_rows=4, max_steps=8,
+                           learning_rate=2e-2, lr_scheduler_type="constant")
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.05
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "napo" in card and loss_type in card
+
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    reloaded = PeftModel.from_pretrained(load_model(tiny[0]), tmp_path / "adapter")
+    reloaded.eval()
+    trainer.model.eval()
+    with torch.no_grad():
+        for row in rows:
+            for comp in row["completion_ids"][:3]:
+                a = float(brute_logps(trainer.model, row["prompt_ids"], comp))
+                b = float(brute_logps(reloaded, row["prompt_ids"], comp))
+                assert a == pytest.approx(b, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+TWO_PROC_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from accelerate import PartialState
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from datasets import load_from_disk
+    from napo.config import NAPOConfig
+    from napo.trainer import NAPOTrainer
+
+    model_dir, data_dir, out, per_device, share_mode = sys.argv[1:6]
+    args = NAPOConfig(output_dir=out, loss_type="napo", aux_dir="unused", share_mode=share_mode,
+                      per_device_train_batch_size=int(per_device), max_steps=2, learning_rate=5e-2,
+                      optim="sgd", lr_scheduler_type="constant", logging_steps=1, report_to="none",
+                      bf16=False, gradient_checkpointing=False, save_strategy="no", use_cpu=True,
+                      train_sampling_strategy="sequential", ddp_find_unused_parameters=False,
+                      dataloader_pin_memory=False, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                      task_type="CAUSAL_LM", init_lora_weights=False)
+    trainer = NAPOTrainer(model, args=args, train_dataset=load_from_disk(data_dir),
+                          processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=lora)
+    trainer.train()
+    if PartialState().is_main_process:
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        weights = [p.detach().double().sum().item() for n, p in sorted(trainer.model.named_parameters())
+                   if p.requires_grad]
+        json.dump({"losses": losses, "weights": weights}, open(out + "/result.json", "w"))
+""")
+
+
+def _run_two_proc_case(tmp_path, tiny, processes, share_mode):
+    import json
+
+    model_dir, dataset = tiny
+    data_dir = tmp_path / "train8"
+    if not data_dir.exists():
+        dataset["train"].select(range(8)).save_to_disk(str(data_dir))
+    script = tmp_path / "two_proc.py"
+    script.write_text(TWO_PROC_SCRIPT)
+    out = tmp_path / f"out{processes}-{share_mode}"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+    per_device = str(8 // processes)
+    if processes == 1:
+        cmd = [sys.executable, str(script)]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no",
+               "--main_process_port", str(29500 + os.getpid() % 1000), str(script)]
+    cmd += [str(model_dir), str(data_dir), str(out), per_device, share_mode]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share_mode", ["reuse", "rescore"])
+def test_two_processes_match_one_process(tmp_path, tiny, share_mode):
+    """Global batch 8 = 2 processes x 4 or 1 x 8: same losses over two SGD steps (so the same
+    gradients, including those of negatives shared across processes) and the same weights."""
+    one = _run_two_proc_case(tmp_path, tiny, 1, share_mode)
+    two = _run_two_proc_case(tmp_path, tiny, 2, share_mode)
+    assert len(one["losses"]) == 2
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert two["weights"] == pytest.approx(one["weights"], abs=1e-4)
