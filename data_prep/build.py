@@ -173,11 +173,13 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
     titles = pa.array(shown, pa.string())
     names = prompts.display_names(titles, args.item_format)
 
+    # One LLaRA sampler for all splits: its cached draws depend only on (target, pool size).
+    llara = cand.LlaraSampler(catalogue, args.num_candidates, args.max_history)
     with atomic_dir(out) as tmp:
         for i, split in enumerate(SPLITS):
             ex = split_ex[split]
             if args.candidate_sampler == "llara":
-                sampler = cand.LlaraSampler(catalogue, args.num_candidates, args.max_history)
+                sampler = llara
             else:
                 w = None
                 if args.candidate_sampler == "popularity":

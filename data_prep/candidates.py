@@ -36,11 +36,11 @@ def _excluded(hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndar
     width = int(lengths.max(initial=0)) + 1
     big = np.iinfo(np.int64).max // 4
     ex = np.full((n, width), big, dtype=np.int64)
-    ex[:, 0] = np.searchsorted(catalogue, target)
+    ex[:, 0] = positions(catalogue, target)
     if len(hist_values):
         row = np.repeat(np.arange(n), lengths)
         col = np.arange(len(hist_values)) - np.repeat(hist_offsets[:-1], lengths) + 1
-        ex[row, col] = np.searchsorted(catalogue, hist_values)
+        ex[row, col] = positions(catalogue, hist_values)
     ex.sort(axis=1)
     # Duplicates (an item twice in the history, or the target in its own history) count once.
     dup = np.zeros_like(ex, dtype=bool)
@@ -49,6 +49,13 @@ def _excluded(hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndar
     ex.sort(axis=1)
     n_ex = (ex < big).sum(axis=1)
     return ex, n_ex
+
+
+def positions(catalogue: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Index of each id in the sorted catalogue (ids must be in it)."""
+    if len(catalogue) and catalogue[-1] - catalogue[0] == len(catalogue) - 1:
+        return ids - catalogue[0]  # dense ids: no search needed
+    return np.searchsorted(catalogue, ids)
 
 
 def _pool_to_position(j: np.ndarray, ex: np.ndarray) -> np.ndarray:
@@ -124,7 +131,7 @@ class LlaraSampler:
         check_pool_size(len(self.catalogue), n_ex, self.c, desc)
         if n_ex.max(initial=0) >= self.width:
             raise ValueError("a history is longer than max_history")
-        tpos = np.searchsorted(self.catalogue, target)
+        tpos = positions(self.catalogue, target)
         keys = tpos * self.width + n_ex
         self._fill(np.unique(keys))
         self._fill_perm(tpos)

@@ -88,3 +88,15 @@ def test_clip_presplit():
     out = clip_presplit(ex, 2, 3)
     assert out.target.tolist() == [6, 7]
     assert [_hist(out, i) for i in range(2)] == [[2, 3, 4], [9, 10, 11]]
+
+
+def test_packed_sort_equals_lexsort():
+    rng = np.random.default_rng(0)
+    for ts_high in (1_000, 2**62):  # packed key fits / falls back to lexsort
+        inter = pd.DataFrame({"user_id": rng.integers(0, 50, 5000), "item_id": rng.integers(0, 300, 5000),
+                              "timestamp": rng.integers(0, ts_high, 5000)})
+        user, item, ts = sort_interactions(inter)
+        order = np.lexsort((inter["item_id"], inter["timestamp"], inter["user_id"]))
+        assert user.tolist() == inter["user_id"].to_numpy()[order].tolist()
+        assert item.tolist() == inter["item_id"].to_numpy()[order].tolist()
+        assert ts.tolist() == inter["timestamp"].to_numpy()[order].tolist()
