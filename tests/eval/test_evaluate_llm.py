@@ -193,3 +193,25 @@ def test_one_and_two_processes_give_identical_results(trained_model_dir, tiny_da
     assert one["num_examples"] == two["num_examples"] == 25
     assert 0 < one["generate"]["num_valid"]  # the fitted model gives real answers to compare
     assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "two" / "predictions.jsonl").read_text()
+
+
+def test_recipe_applies_an_adapter_to_its_base(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = _load(tiny_model_dir)
+    torch.manual_seed(0)
+    # random A and B (not the zero-B default), so the adapter really changes the scores
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, lora).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    rows, _, _ = _test_rows(tiny_dataset_dir)
+    batch = {k: v[:6] for k, v in rows.items()}
+    with_adapter = LikelihoodScorer(peft_model, tokenizer)(batch, range(6))
+    with peft_model.disable_adapter():
+        base = LikelihoodScorer(peft_model, tokenizer)(batch, range(6))
+    assert (with_adapter - base).abs().max() > 1e-2
+    assert _recipe().main(["--model_name_or_path", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter"),
+                           "--dataset_dir", str(tiny_dataset_dir), "--max_examples", "6",
+                           "--output_dir", str(tmp_path / "eval"), "--no_progress"]) == 0
+    scores = torch.tensor([p["scores"] for p in _predictions(tmp_path / "eval")])
+    torch.testing.assert_close(scores, with_adapter, atol=1e-4, rtol=0)  # merged adapter = unmerged
