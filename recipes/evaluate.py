@@ -111,9 +111,10 @@ def main(argv=None):
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.output).write_text(table + "\n")
             return 0
-        model = tokenizer = scorer = None
+        model = tokenizer = scorer = model_name = None
         if args.model_name_or_path:
             model, tokenizer = load_llm(args)
+            model_name = args.model_name_or_path + (f" + adapter {args.adapter}" if args.adapter else "")
         else:
             from data_prep.prepared import load_prepared
             from napo.eval.scorers import aux_scorer, popularity_scorer
@@ -125,7 +126,7 @@ def main(argv=None):
             model, tokenizer, args.dataset_dir, args.split, args.mode, args.output_dir,
             scorer=scorer, batch_size=args.batch_size, max_examples=args.max_examples,
             length_normalize=args.length_normalize, layout=args.scoring, max_new_tokens=args.max_new_tokens,
-            max_prompt_length=args.max_prompt_length, name=args.name, config=config, seed=args.seed,
+            max_prompt_length=args.max_prompt_length, name=args.name, model_name=model_name, config=config, seed=args.seed,
             show_progress=not args.no_progress,
         )
     except Exception as err:  # user-facing problems are one line; anything else is a bug: traceback

@@ -1,7 +1,7 @@
 """Evaluation outputs: metrics.json, predictions.jsonl, report.md, plots/*.png, and run comparison.
 
 metrics.json layout (one object):
-    name, dataset, dataset_fingerprint, split, num_examples, num_candidates, modes, scorer,
+    name, model, dataset, dataset_fingerprint, split, num_examples, num_candidates, modes, scorer,
     "rank":     {hr@k, ndcg@k, mrr, pop/...}                          (when rank was run)
     "generate": {hr@1, hr@1_valid, valid_ratio, num_*, pop/...}       (when generate was run)
 NaN (e.g. a band without targets) is written as null.
@@ -103,6 +103,7 @@ def render_report(metrics: dict, plots: Sequence[str] = ()) -> str:
         ("dataset", metrics.get("dataset")), ("split", metrics.get("split")),
         ("examples", metrics.get("num_examples")), ("candidates per example", metrics.get("num_candidates")),
         ("modes", ", ".join(metrics.get("modes", []))), ("scorer", metrics.get("scorer")),
+        ("model", metrics.get("model")),
         ("dataset fingerprint", metrics.get("dataset_fingerprint")),
     ]
     lines += [markdown_table(["setting", "value"], [(k, str(v) if v is not None else "–") for k, v in setup]), ""]

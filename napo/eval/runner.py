@@ -203,6 +203,7 @@ def evaluate(
     max_prompt_length: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     name: str | None = None,
+    model_name: str | None = None,
     config: dict | None = None,
     seed: int = 0,
     show_progress: bool = True,
@@ -213,6 +214,8 @@ def evaluate(
     title matching) or "both". With `model` and `tokenizer`, the LLM scorer / generator are built
     here (`LikelihoodScorer(layout, length_normalize)`, `GreedyGenerator(max_new_tokens)`);
     an injected `scorer` / `generator` replaces them (non-LLM recommenders, tests).
+    `name` is the run's row name in comparisons (default: the output directory's name);
+    `model_name` describes the model in the report (default: the model's name_or_path).
 
     Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/report.md, OUT/plots/*.png and
     OUT/run.json (main process only) and returns the metrics dict.
@@ -248,6 +251,7 @@ def evaluate(
         "item_format": meta.get("item_format"),
         "split": split,
         "scorer": scorer_name if scorer is not None else type(generator).__name__,
+        "model": model_name or (getattr(getattr(model, "config", None), "name_or_path", None) or None),
     }
     if scorer is not None and hasattr(scorer, "layout"):
         info["rank_settings"] = {"layout": scorer.layout, "length_normalize": scorer.length_normalize}
