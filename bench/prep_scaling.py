@@ -4,7 +4,9 @@ Usage: python bench/prep_scaling.py [--sizes 1000000 10000000] [--quick] [--samp
 
 Each size runs in a fresh subprocess (so peak RSS is that run's own). Logs have about 50
 interactions per user and Zipf-like item popularity over `size / 500` items (at least 2,000);
-they are written as Parquet first (not timed). Prints one row per size with the stage times.
+they are written as Parquet first (not timed). Prints one row per size: total seconds, seconds
+per million interactions (flat = linear scaling), peak RSS, output size, and seconds per stage
+(load, sequences+split, candidates, prompts, write).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def make_log(n: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     ts = rng.integers(1_500_000_000, 1_600_000_000, size=n)
     inter = pd.DataFrame({"user_id": user, "item_id": item, "timestamp": ts})
     items = pd.DataFrame({"item_id": np.arange(n_items),
-                          "title": [f"Synthetic item number {i}" for i in range(n_items)]})
+                          "title": [f"Title {i:x} ({1950 + i % 70})" for i in range(n_items)]})
     ip, tp = folder / f"inter_{n}.parquet", folder / f"items_{n}.parquet"
     inter.to_parquet(ip)
     items.to_parquet(tp)
@@ -59,7 +61,9 @@ def run_one(ip: Path, tp: Path, out: Path, sampler: str) -> dict:
     total = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     examples = sum(s["examples"] for s in meta["counts"]["splits"].values())
-    return {"seconds": total, "peak_mb": peak_mb, "examples": examples, "stages": timings}
+    out_gb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e9
+    return {"seconds": total, "peak_mb": peak_mb, "examples": examples, "stages": timings,
+            "out_gb": out_gb}
 
 
 def main() -> None:
@@ -77,7 +81,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="prep_scaling_"))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     print(f"data_prep scaling, sampler={a.sampler}, cpus={os.cpu_count()}, files in {tmp}")
-    print(f"{'interactions':>13} {'examples':>11} {'seconds':>8} {'s/M int.':>9} {'peak MB':>8}  "
+    print(f"{'interactions':>13} {'examples':>11} {'seconds':>8} {'s/M int.':>9} {'peak MB':>8} "
+          f"{'out GB':>7}  "
           + " ".join(f"{s:>10}" for s in STAGES))
     for n in sizes:
         ip, tp = make_log(n, tmp)
@@ -89,7 +94,7 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{n:>13,} {r['examples']:>11,} {r['seconds']:>8.1f} {r['seconds'] / n * 1e6:>9.1f} "
-              f"{r['peak_mb']:>8.0f}  " + " ".join(f"{r['stages'].get(s, 0):>10.1f}" for s in STAGES))
+              f"{r['peak_mb']:>8.0f} {r['out_gb']:>7.2f}  " + " ".join(f"{r['stages'].get(s, 0):>10.1f}" for s in STAGES))
         if not a.keep:
             for f in (ip, tp):
                 f.unlink()

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from data_prep import candidates as cand
 from data_prep import prompts, sequences
 from data_prep.errors import DataPrepError
+from data_prep.prepared import fingerprint
 from data_prep.sources import Examples, SourceData, load_source
 from data_prep.writer import SplitWriter, write_dataset_dict_json
 
@@ -230,11 +231,6 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict
     }
     meta["fingerprint"] = fingerprint(meta)
     return meta
-
-
-def fingerprint(meta: dict) -> str:
-    body = {k: v for k, v in meta.items() if k != "fingerprint"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @contextlib.contextmanager

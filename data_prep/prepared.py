@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,12 @@ COLUMNS = ("user_id", "history", "target", "candidates", "prompt", "chosen", "re
 META_KEYS = ("format_version", "dataset", "domain", "num_candidates", "item_format", "args",
              "counts", "sources", "package_version", "fingerprint")
 SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+def fingerprint(meta: dict) -> str:
+    """sha256 of meta.json without its `fingerprint` field (stable across identical runs)."""
+    body = {k: v for k, v in meta.items() if k != "fingerprint"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 class PreparedDataError(Exception):
@@ -45,6 +52,8 @@ def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame,
             f"{meta_path}: format_version {meta['format_version']} is not supported "
             f"(this code reads {SUPPORTED_FORMAT_VERSIONS}); prepare the data again"
         )
+    if fingerprint(meta) != meta["fingerprint"]:
+        raise PreparedDataError(f"{meta_path}: fingerprint does not match its content (the file was edited); prepare the data again")
     try:
         dd = datasets.load_from_disk(str(root))
     except (FileNotFoundError, ValueError, OSError) as err:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from data_prep.__main__ import main
-from data_prep.prepared import PreparedDataError, load_prepared
+from data_prep.prepared import PreparedDataError, fingerprint, load_prepared
 from data_prep.prompts import item_token
 
 
@@ -155,9 +155,14 @@ def test_load_prepared_errors(tmp_path, log_files):
     meta = json.loads((bad / "meta.json").read_text())
     meta["counts"]["splits"]["test"]["examples"] += 1
     (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PreparedDataError, match="fingerprint does not match"):
+        load_prepared(bad)
+    meta["fingerprint"] = fingerprint(meta)
+    (bad / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(PreparedDataError, match="rows but meta.json says"):
         load_prepared(bad)
     meta["format_version"] = 99
+    meta["fingerprint"] = fingerprint(meta)
     (bad / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(PreparedDataError, match="format_version 99"):
         load_prepared(bad)
