@@ -21,19 +21,25 @@ Writes to `output_dir`: the trained adapter (its frozen reference copy under `re
 tokenizer, `run.json` (config, versions, seed, git revision) and the trainer's logs/checkpoints.
 """
 
+import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 
-from trl import ModelConfig, TrlParser, get_peft_config
+# `python recipes/napo.py` puts recipes/ first on sys.path, where this file would shadow the
+# `napo` package: take that entry out before importing it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from data_prep.prepared import load_prepared
-from napo.collator import add_aux_columns
-from napo.config import AdapterArguments, NAPOConfig
-from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
-from napo.models.recipe_args import DatasetArguments, parse_recipe_args
-from napo.models.sft_data import check_item_tokens
-from napo.recsys.aux import load_aux
-from napo.trainer import NAPOTrainer
-from napo.utils import write_run_info
+from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
+
+from data_prep.prepared import load_prepared  # noqa: E402
+from napo.collator import add_aux_columns  # noqa: E402
+from napo.config import AdapterArguments, NAPOConfig  # noqa: E402
+from napo.models.loading import is_adapter_dir, load_model_and_tokenizer  # noqa: E402
+from napo.models.recipe_args import DatasetArguments, parse_recipe_args  # noqa: E402
+from napo.models.sft_data import check_item_tokens  # noqa: E402
+from napo.recsys.aux import load_aux  # noqa: E402
+from napo.trainer import NAPOTrainer  # noqa: E402
+from napo.utils import write_run_info  # noqa: E402
 
 
 def main(argv=None):
@@ -94,6 +100,7 @@ def main(argv=None):
         trainer.push_to_hub(dataset_name=meta.get("dataset"))
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
     trainer.end()
+    return trainer
 
 
 if __name__ == "__main__":
