@@ -78,9 +78,8 @@ def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, 
     else:
         user, item, ts = sequences.sort_interactions(src.interactions)
         n_users = int(user.max()) + 1 if len(user) else 0
-        ex, pos, from_end = sequences.windows(user, item, args.min_history, args.max_history)
-        split_ex = sequences.split_examples(ex, args.split, args.seed, n_users=n_users,
-                                            from_end=from_end, target_time=ts[pos], all_times=ts)
+        split_ex = sequences.split_windows(user, item, ts, args.split, args.seed,
+                                           args.min_history, args.max_history)
         counts = sequences.train_counts(user, item, ts, args.split, args.seed, n_users, n_items)
         users, interactions = n_users, int(len(item))
     info = {"users": users, "items": n_items, "interactions": interactions}

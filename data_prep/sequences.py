@@ -39,14 +39,15 @@ def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.n
     return user[order], item[order], ts[order]
 
 
-def windows(user: np.ndarray, item: np.ndarray, min_history: int, max_history: int
-            ) -> tuple[Examples, np.ndarray, np.ndarray]:
-    """All sliding-window examples of sorted interactions.
+def window_index(user: np.ndarray, min_history: int, max_history: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the sliding-window examples of sorted interactions are, without copying items.
 
-    Returns (examples, position [N] index of the target in the sorted interactions,
-    from_end [N] how many interactions of the same user follow the target).
+    Returns pos [N] (index of each target in the sorted interactions), h_start [N] (index of
+    its first history item; the history is [h_start, pos)), from_end [N] (how many
+    interactions of the same user follow the target).
     """
-    t = len(item)
+    t = len(user)
     starts_mask = np.ones(t, dtype=bool)
     starts_mask[1:] = user[1:] != user[:-1]
     user_start = np.maximum.accumulate(np.where(starts_mask, np.arange(t), 0))
@@ -56,25 +57,36 @@ def windows(user: np.ndarray, item: np.ndarray, min_history: int, max_history: i
     rank = np.arange(t) - user_start  # number of earlier interactions of the user
     pos = np.flatnonzero(rank >= min_history)
     h_start = np.maximum(user_start[pos], pos - max_history)
+    return pos, h_start, user_end[pos] - pos
+
+
+def gather(user: np.ndarray, item: np.ndarray, pos: np.ndarray, h_start: np.ndarray) -> Examples:
+    """Examples for the windows (pos, h_start) of sorted interactions."""
     lengths = pos - h_start
     offsets = np.zeros(len(pos) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    gather = np.repeat(h_start - offsets[:-1], lengths) + np.arange(offsets[-1])
-    ex = Examples(user[pos], item[pos], offsets, item[gather])
-    return ex, pos, user_end[pos] - pos
+    idx = np.repeat(h_start - offsets[:-1], lengths)
+    idx += np.arange(offsets[-1])
+    return Examples(user[pos], item[pos], offsets, item[idx])
 
 
-def split_examples(ex: Examples, method: str, seed: int, *, n_users: int, from_end: np.ndarray,
-                   target_time: np.ndarray, all_times: np.ndarray,
-                   ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, Examples]:
-    """Assign each example to train/valid/test.
+def windows(user: np.ndarray, item: np.ndarray, min_history: int, max_history: int
+            ) -> tuple[Examples, np.ndarray, np.ndarray]:
+    """All sliding-window examples of sorted interactions: (examples, pos, from_end)."""
+    pos, h_start, from_end = window_index(user, min_history, max_history)
+    return gather(user, item, pos, h_start), pos, from_end
+
+
+def split_labels(method: str, seed: int, *, n_users: int, user: np.ndarray, from_end: np.ndarray,
+                 target_time: np.ndarray, all_times: np.ndarray,
+                 ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> np.ndarray:
+    """0/1/2 (train/valid/test) per example.
 
     - `user`: users are permuted with `numpy.random.default_rng(seed)`; the first 80% go to
       train, the next 10% to valid, the rest to test (all of a user's examples together).
     - `loo`: a user's last interaction is test, the second to last valid, the others train.
     - `time`: global cut-offs at the 80% / 90% quantiles of all interaction times; an example
       goes where its target's time falls.
-    Row order inside a split is the sorted-interaction order (user, time).
     """
     if method == "user":
         perm = np.random.default_rng(seed).permutation(n_users)
@@ -84,15 +96,35 @@ def split_examples(ex: Examples, method: str, seed: int, *, n_users: int, from_e
         which[perm[:n_train]] = 0
         which[perm[n_train:n_train + n_valid]] = 1
         which[perm[n_train + n_valid:]] = 2
-        label = which[ex.user_id]
-    elif method == "loo":
-        label = np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)).astype(np.int8)
-    elif method == "time":
+        return which[user]
+    if method == "loo":
+        return np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)).astype(np.int8)
+    if method == "time":
         cut1, cut2 = np.quantile(all_times, [ratios[0], ratios[0] + ratios[1]], method="lower")
-        label = np.where(target_time <= cut1, 0, np.where(target_time <= cut2, 1, 2)).astype(np.int8)
-    else:
-        raise DataPrepError(f"unknown --split '{method}'; choose one of: {', '.join(SPLIT_METHODS)}")
+        return np.where(target_time <= cut1, 0, np.where(target_time <= cut2, 1, 2)).astype(np.int8)
+    raise DataPrepError(f"unknown --split '{method}'; choose one of: {', '.join(SPLIT_METHODS)}")
+
+
+def split_examples(ex: Examples, method: str, seed: int, *, n_users: int, from_end: np.ndarray,
+                   target_time: np.ndarray, all_times: np.ndarray) -> dict[str, Examples]:
+    """Examples per split (see `split_labels`); row order inside a split is (user, time)."""
+    label = split_labels(method, seed, n_users=n_users, user=ex.user_id, from_end=from_end,
+                         target_time=target_time, all_times=all_times)
     return {name: ex.take(np.flatnonzero(label == i)) for i, name in enumerate(SPLITS)}
+
+
+def split_windows(user: np.ndarray, item: np.ndarray, ts: np.ndarray, method: str, seed: int,
+                  min_history: int, max_history: int) -> dict[str, Examples]:
+    """Sorted interactions -> examples per split, gathering each history once."""
+    n_users = int(user.max()) + 1 if len(user) else 0
+    pos, h_start, from_end = window_index(user, min_history, max_history)
+    label = split_labels(method, seed, n_users=n_users, user=user[pos], from_end=from_end,
+                         target_time=ts[pos], all_times=ts)
+    out = {}
+    for i, name in enumerate(SPLITS):
+        rows = np.flatnonzero(label == i)
+        out[name] = gather(user, item, pos[rows], h_start[rows])
+    return out
 
 
 def clip_presplit(ex: Examples, min_history: int, max_history: int) -> Examples:

@@ -100,3 +100,19 @@ def test_packed_sort_equals_lexsort():
         assert user.tolist() == inter["user_id"].to_numpy()[order].tolist()
         assert item.tolist() == inter["item_id"].to_numpy()[order].tolist()
         assert ts.tolist() == inter["timestamp"].to_numpy()[order].tolist()
+
+
+def test_split_windows_equals_windows_then_split():
+    from data_prep.sequences import split_windows
+
+    rng = np.random.default_rng(4)
+    inter = pd.DataFrame({"user_id": rng.integers(0, 30, 600), "item_id": rng.integers(0, 80, 600),
+                          "timestamp": rng.integers(0, 10_000, 600)})
+    user, item, ts = sort_interactions(inter)
+    for method in ("user", "loo", "time"):
+        fast = split_windows(user, item, ts, method, 3, 2, 5)
+        ex, pos, from_end = windows(user, item, 2, 5)
+        slow = split_examples(ex, method, 3, n_users=30, from_end=from_end, target_time=ts[pos], all_times=ts)
+        for s in fast:
+            for field in ("user_id", "target", "hist_offsets", "hist_values"):
+                assert np.array_equal(getattr(fast[s], field), getattr(slow[s], field))
