@@ -4,6 +4,7 @@ metrics.json layout (one object):
     name, model, dataset, dataset_fingerprint, split, num_examples, num_candidates, modes, scorer,
     "rank":     {hr@k, ndcg@k, mrr, pop/...}                          (when rank was run)
     "generate": {hr@1, hr@1_valid, valid_ratio, num_*, pop/...}       (when generate was run)
+    "agreement": {num_valid, top1_agree, top1_agree_ratio}             (when both were run)
 NaN (e.g. a band without targets) is written as null.
 """
 
@@ -124,6 +125,11 @@ def render_report(metrics: dict, plots: Sequence[str] = ()) -> str:
             [[gen.get("hr@1"), gen.get("hr@1_valid"), gen.get("valid_ratio"), gen.get("num_hits"),
               gen.get("num_valid"), gen.get("num_exact"), gen.get("num_contained"),
               gen.get("num_ambiguous"), gen.get("num_no_match")]]), ""]
+        agreement = metrics.get("agreement")
+        if agreement and agreement.get("num_valid"):
+            lines += [f"Agreement with `rank`: {agreement['top1_agree']} of {agreement['num_valid']} valid answers "
+                      f"name the candidate ranked first by log-likelihood ({_fmt(agreement['top1_agree_ratio'])}).",
+                      ""]
     lines += ["## Popularity bands", "",
               "Bands by training interactions: head = most popular items holding the first third of "
               "interactions, mid the next third, tail the rest (and unseen items).", ""]

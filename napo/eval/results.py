@@ -121,3 +121,16 @@ def generate_results(
         for i in range(n)
     ]
     return metrics, predictions
+
+
+def mode_agreement(predictions: Sequence[dict]) -> dict[str, float]:
+    """How often `generate` names the item `rank` puts first, over the valid answers.
+
+    predictions: per-example dicts carrying both `ranking` (rank mode) and `matched` (generate).
+    A low share means greedy decoding often leaves the highest-likelihood candidate (e.g. a
+    title whose first token is likely but whose whole sequence is not).
+    """
+    valid = [p for p in predictions if p.get("matched") is not None]
+    agree = sum(int(p["matched"] == p["ranking"][0]) for p in valid)
+    return {"num_valid": len(valid), "top1_agree": agree,
+            "top1_agree_ratio": agree / len(valid) if valid else float("nan")}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from napo.eval.metrics import DEFAULT_KS
 from napo.eval.report import write_metrics, write_predictions, write_report
-from napo.eval.results import POP_KS, generate_results, rank_results
+from napo.eval.results import POP_KS, generate_results, mode_agreement, rank_results
 from napo.eval.rows import batch_candidate_titles, target_indices
 
 MODES = ("rank", "generate", "both")
@@ -155,6 +155,9 @@ def evaluate_rows(
         metrics["modes"].append("generate")
         for p, extra in zip(predictions, per_row, strict=True):
             p.update(extra)
+
+    if scorer is not None and generator is not None:
+        metrics["agreement"] = mode_agreement(predictions)
 
     if output_dir is not None and state.is_main_process:
         out = Path(output_dir)

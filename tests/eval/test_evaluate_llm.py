@@ -91,9 +91,9 @@ def test_rank_and_generate_agree_when_greedy_follows_the_top_candidate(trained_m
         assert preds[i]["match_rule"] == "exact", i
         assert preds[i]["answer"] == rows["chosen"][i] if preds[i]["hit"] else True
         assert preds[i]["scores"][slot] == pytest.approx(greedy_logp, abs=1e-4)
-    # where both name an item, agreement on these rows makes the two HR@1 consistent
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["generate"]["num_valid"] >= len(followed)
+    assert metrics["agreement"]["top1_agree"] >= len(followed)
 
 
 def test_length_normalize_and_layouts(trained_model_dir, tiny_dataset_dir):

@@ -119,6 +119,8 @@ def test_both_modes_metrics_predictions_and_report(tmp_path):
     assert gen["pop/tail_share@1"] == pytest.approx(1 / 2)
     assert metrics["num_examples"] == 3 and metrics["num_candidates"] == 4
     assert metrics["modes"] == ["rank", "generate"]
+    # valid answers: ex0 names item 1 (rank's first is 5), ex1 names item 2 (rank's first too)
+    assert metrics["agreement"] == {"num_valid": 2, "top1_agree": 1, "top1_agree_ratio": 0.5}
 
     # outputs on disk
     on_disk = load_metrics(out)
@@ -135,6 +137,7 @@ def test_both_modes_metrics_predictions_and_report(tmp_path):
     assert "| HR@1 | HR@2 | HR@3 | NDCG@1 | NDCG@2 | NDCG@3 | MRR |" in report
     assert "| 0.3333 | 0.6667 | 1.0000 |" in report
     assert "| 0.3333 | 0.5000 | 0.6667 | 1 | 2 | 1 | 1 | 0 | 1 |" in report
+    assert "Agreement with `rank`: 1 of 2 valid answers" in report
     for png in ("hr_at_k.png", "hr_by_band.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
