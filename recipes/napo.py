@@ -21,13 +21,19 @@ Writes to `output_dir`: the trained adapter (its frozen reference copy under `re
 tokenizer, `run.json` (config, versions, seed, git revision) and the trainer's logs/checkpoints.
 """
 
+import importlib
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-# `python recipes/napo.py` puts recipes/ first on sys.path, where this file would shadow the
-# `napo` package: take that entry out before importing it.
+# Any script run from recipes/ (this one, sft.py, sasrec.py...) has recipes/ first on sys.path,
+# where this file shadows the `napo` package. Take that entry out; and when this file was
+# imported *as* `napo` by a sibling script, put the real package in its place (the import system
+# returns whatever sys.modules holds once the module has run).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __name__ == "napo":
+    del sys.modules["napo"]
+    sys.modules["napo"] = importlib.import_module("napo")
 
 from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
 

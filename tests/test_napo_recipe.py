@@ -147,3 +147,14 @@ def test_accelerate_launch_of_the_tiny_config(setup):
     assert (out / "adapter_model.safetensors").is_file() and (out / "run.json").is_file()
     losses = [float(x.split("'loss': '")[1].split("'")[0]) for x in proc.stdout.splitlines() if "'loss': '" in x]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_recipe_file_does_not_shadow_the_package_for_sibling_scripts():
+    """Scripts in recipes/ have recipes/ first on sys.path, where recipes/napo.py sits."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import napo.utils, napo.recsys; print(napo.__file__)"],
+        cwd=REPO / "recipes", capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(REPO / "napo" / "__init__.py")
