@@ -16,6 +16,8 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,8 @@ SPLITS = sequences.SPLITS
 # Arguments that change nothing in the output; they stay out of meta.json and its fingerprint.
 _NOT_CONTENT = {"output_dir", "overwrite", "quiet"}
 CHUNK_ROWS = 200_000
+# Threads that build prompt tables while the main thread samples and writes.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def package_version() -> str:
@@ -188,22 +192,34 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
                                             _seed(args.seed, 1, i), w)
             choice = np.random.default_rng([args.seed, 2, i]).integers(len(tmpl.texts), size=len(ex))
             writer = SplitWriter(tmp / split, split)
-            for start in tqdm(range(0, len(ex), CHUNK_ROWS), desc=split, unit="chunk",
-                              leave=False, disable=args.quiet):
-                stop = min(start + CHUNK_ROWS, len(ex))
-                c = sampler(ex.hist_offsets[start:stop + 1], ex.hist_values, ex.target[start:stop],
-                            desc=split)
-                lap("candidates")
-                table = chunk_table(ex, start, stop, c, titles, names, tmpl.texts,
-                                    choice[start:stop], args.num_candidates)
-                lap("prompts")
-                writer.write(table)
-                lap("write")
+            # Candidates are drawn in order here (the samplers carry state); prompt tables are
+            # built by worker threads (Arrow compute releases the GIL) and written in order.
+            pending: deque = deque()
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                for start in tqdm(range(0, len(ex), CHUNK_ROWS), desc=split, unit="chunk",
+                                  leave=False, disable=args.quiet):
+                    stop = min(start + CHUNK_ROWS, len(ex))
+                    c = sampler(ex.hist_offsets[start:stop + 1], ex.hist_values,
+                                ex.target[start:stop], desc=split)
+                    lap("candidates")
+                    pending.append(pool.submit(chunk_table, ex, start, stop, c, titles, names,
+                                               tmpl.texts, choice[start:stop], args.num_candidates))
+                    _drain(pending, WORKERS, writer, lap)
+                _drain(pending, 0, writer, lap)
             writer.close(hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
         write_dataset_dict_json(tmp, list(SPLITS))
         write_side_files(tmp, items, counts, meta, src, args)
         lap("write")
     return meta
+
+
+def _drain(pending: deque, limit: int, writer: SplitWriter, lap) -> None:
+    """Write finished chunk tables, oldest first, until at most `limit` are in flight."""
+    while len(pending) > limit:
+        table = pending.popleft().result()
+        lap("prompts")
+        writer.write(table)
+        lap("write")
 
 
 def _seed(*parts: int) -> np.random.SeedSequence:
