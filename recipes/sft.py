@@ -79,6 +79,7 @@ def main(argv=None):
         trainer.push_to_hub(dataset_name=meta.get("dataset"))
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
     trainer.end()
+    return trainer
 
 
 if __name__ == "__main__":

@@ -83,6 +83,19 @@ def check_config_keys(parser: Any, config_path: str) -> str | None:
     return None
 
 
+def check_command_line(parser: Any, argv: Sequence[str]) -> str | None:
+    """One error line for the first unknown ``--flag`` on the command line, or None."""
+    options = {opt for action in parser._actions for opt in action.option_strings} | {"--config"}
+    for arg in argv:
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            if flag not in options:
+                close = difflib.get_close_matches(flag, sorted(options), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "see --help"
+                return f"unknown command-line option '{flag}'; {hint}"
+    return None
+
+
 def parse_recipe_args(parser: Any, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse ``argv`` (default ``sys.argv[1:]``) with a ``TrlParser``, strictly.
 
@@ -93,10 +106,11 @@ def parse_recipe_args(parser: Any, argv: Sequence[str] | None = None) -> tuple[A
     config_path = _config_path(argv)
     if "--config" in argv and config_path is None:
         parser.exit(2, "error: --config needs a file path\n")
-    if config_path is not None:
+    problem = check_command_line(parser, argv)
+    if problem is None and config_path is not None:
         problem = check_config_keys(parser, config_path)
-        if problem is not None:
-            parser.exit(2, f"error: {problem}\n")
+    if problem is not None:
+        parser.exit(2, f"error: {problem}\n")
     try:
         return parser.parse_args_and_config(argv, fail_with_unknown_args=True)
     except ValueError as err:

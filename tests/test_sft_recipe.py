@@ -1,0 +1,109 @@
+"""recipes/sft.py end to end on the offline tiny model with LoRA (a few steps, seconds)."""
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft.py"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("sft_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from napo.models.synthetic import synthetic_prepared
+    from napo.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("sft")
+    data = synthetic_prepared(root / "data", item_format="token")
+    model = root / "model"
+    build_tiny_model(data, model, item_tokens=True, vocab_size=400, hidden_size=32, num_layers=2, num_heads=2)
+    return data, model, root
+
+
+def _config(path, data, model, out, **extra):
+    cfg = {
+        "dataset_dir": str(data), "model_name_or_path": str(model), "output_dir": str(out),
+        "max_train_samples": 4, "per_device_train_batch_size": 4, "max_steps": 8,
+        "learning_rate": 3.0e-3, "lr_scheduler_type": "constant", "warmup_steps": 0,
+        "use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+        "lora_target_modules": ["all-linear"], "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "bf16": False, "use_cpu": True, "activation_checkpointing": False,
+        "disable_tqdm": True, "seed": 0, "ddp_find_unused_parameters": False,
+    }
+    cfg.update(extra)
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    data, model, root = tiny
+    config = _config(root / "sft.yaml", data, model, root / "out")
+    return _recipe().main(["--config", config]), root / "out"
+
+
+def test_labels_cover_the_completion_only(trained, tiny):
+    from datasets import load_from_disk
+
+    trainer, _ = trained
+    tok = trainer.processing_class
+    row = load_from_disk(str(tiny[0]))["train"][0]
+    example = trainer.train_dataset[0]
+    expected = tok(row["prompt"] + row["chosen"])["input_ids"] + [tok.eos_token_id]
+    assert example["input_ids"] == expected
+    item_id = tok.convert_tokens_to_ids(row["chosen"])
+    n_prompt = len(tok(row["prompt"])["input_ids"])
+    assert example["labels"] == [-100] * n_prompt + [item_id, tok.eos_token_id]
+
+
+def test_loss_finite_and_decreasing_on_a_repeated_batch(trained):
+    trainer, _ = trained
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    # LoRA on a random-init model moves slowly (the frozen tied embeddings bound the logits), but
+    # on one repeated batch every step must lower the loss.
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < losses[0] - 0.2, losses
+
+
+def test_adapter_saved_and_reloaded_gives_identical_logits(trained, tiny):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trainer, out = trained
+    assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["seed"] == 0 and run["config"]["model"]["lora_r"] == 8
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny[1]), out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    batch = tok(["This user has watched <item_3>. Answer:"], return_tensors="pt")
+    trained_model = trainer.model.eval()
+    with torch.no_grad():
+        expected = trained_model(**batch).logits
+        got = reloaded(**batch).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny[1])(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(base, expected, atol=1e-3)  # the adapter did change the model
+
+
+def test_yaml_typo_fails_with_one_clear_line(tiny, tmp_path, capsys):
+    data, model, _ = tiny
+    config = _config(tmp_path / "typo.yaml", data, model, tmp_path / "out", lora_rank=8)
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe().main(["--config", config])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "typo.yaml:" in err[0] and "unknown key 'lora_rank'" in err[0]
+    assert not (tmp_path / "out").exists()  # nothing written
