@@ -60,7 +60,8 @@ def read_table(path: Path, required: tuple[str, ...], optional: tuple[str, ...] 
             delim = "," if suffix == ".csv" else "\t"
             table = pacsv.read_csv(
                 path,
-                parse_options=pacsv.ParseOptions(delimiter=delim),
+                # TSV files are not quoted by convention (titles may contain '"').
+                parse_options=pacsv.ParseOptions(delimiter=delim, quote_char='"' if delim == "," else False),
                 convert_options=pacsv.ConvertOptions(
                     column_types=None, strings_can_be_null=False, quoted_strings_can_be_null=False,
                     null_values=[], auto_dict_encode=False,
@@ -89,7 +90,7 @@ def read_table(path: Path, required: tuple[str, ...], optional: tuple[str, ...] 
 
 
 def _column(col: pa.ChunkedArray):
-    """Arrow column -> numpy/pandas values. Strings that are all plain integers become int64."""
+    """Arrow column -> numpy values (strings as Python str objects)."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return col.to_numpy(zero_copy_only=False).astype(object)
     return col.to_pandas().to_numpy()
@@ -120,8 +121,7 @@ def normalize_ids(*cols: pd.Series) -> list[pd.Series]:
         return bool(pc.all(pc.match_substring_regex(arr, _INT_RE)).as_py() or len(arr) == 0)
 
     if all(is_int_like(s) for s in cols):
-        return [s.astype(np.int64) if not pd.api.types.is_integer_dtype(s.dtype)
-                else s.astype(np.int64) for s in cols]
+        return [s.astype(np.int64) for s in cols]
     return [s.astype(str) for s in cols]
 
 
