@@ -172,6 +172,7 @@ def plot_hr_curve(target_ranks: Sequence[int], num_candidates: int, path: Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ranks = np.asarray(target_ranks, dtype=np.float64)
     ks = np.arange(1, num_candidates + 1)
@@ -181,6 +182,7 @@ def plot_hr_curve(target_ranks: Sequence[int], num_candidates: int, path: Path,
     ax.plot(ks, ks / num_candidates, linestyle="--", color="grey", label="random")
     if generate_hr1 is not None and math.isfinite(generate_hr1):
         ax.scatter([1], [generate_hr1], color="red", zorder=3, label="generate HR@1")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("K")
     ax.set_ylabel("HR@K")
     ax.set_ylim(0, 1.02)
@@ -212,10 +214,10 @@ def plot_band_hr(metrics: dict, path: Path) -> Path:
         ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label)
     ax.set_xticks(x, BAND_NAMES)
     ax.set_ylabel("HR")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.25)  # headroom for the legend above bars that reach 1
     ax.set_title("HR by popularity band of the target")
     if series:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", ncol=len(series))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
