@@ -83,4 +83,5 @@ def load_llara(args: argparse.Namespace) -> SourceData:
         examples[split] = Examples(user.astype(np.int64), target, offsets - offsets[0], values)
     return SourceData(domain=args.domain or "music", items=items, examples=examples,
                       train_counts=counts[items["item_id"].to_numpy()], checksums=checksums,
-                      notes={"titles_made_unique": renamed})
+                      notes={"titles_made_unique": renamed,
+                             "split": "as given by the input files (--split is not used)"})

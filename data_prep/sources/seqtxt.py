@@ -74,4 +74,5 @@ def load_seq_txt(args: argparse.Namespace) -> SourceData:
                                    h_off, ids[keep])
         next_user += n
     return SourceData(domain=args.domain or "generic", items=items, examples=examples,
-                      train_counts=counts[all_ids], checksums=checksums)
+                      train_counts=counts[all_ids], checksums=checksums,
+                      notes={"split": "as given by the input files (--split is not used)"})

@@ -201,3 +201,23 @@ def test_hetrec_lastfm_from_archive(tmp_path, monkeypatch):
     # One interaction per (user, artist): the first tag.
     assert meta["counts"]["interactions"] == 8 * 20 and meta["domain"] == "music"
     assert dd["test"]["target"] == [19] * 8  # artists are tagged in id order
+
+
+def test_ml100k_from_grouplens_archive(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    data = "".join(f"{u}\t{i}\t{(u * i) % 5 + 1}\t{880000000 + 100 * i + u}\n"
+                   for u in range(1, 11) for i in range(1, 26))
+    # u.item is Latin-1 and "|"-separated; two items share a title, as in the real file.
+    item = "".join(f"{i}|{'Café' if i == 3 else 'Film'} {i if i != 7 else 6} (1995)|01-Jan-1995||http://x|0|1\n"
+                   for i in range(1, 26))
+    md5, _ = _zip(mirror / "movielens" / "ml-100k.zip",
+                  {"ml-100k/u.data": data.encode(), "ml-100k/u.item": item.encode("latin-1")})
+    monkeypatch.setenv("NAPO_GROUPLENS_MIRROR", mirror.as_uri())
+    monkeypatch.setattr(movielens, "ML100K_MD5", md5)
+    out = tmp_path / "o"
+    assert _run("--dataset", "ml-100k", "--output-dir", out, "--num-candidates", 5, "--split", "loo") == 0
+    dd, items, meta = load_prepared(out)
+    titles = items["title"].tolist()
+    assert titles[2] == "Café 3 (1995)"
+    assert titles[5] == "Film 6 (1995)" and titles[6] == "Film 6 (1995) [2]"
+    assert meta["sources"] == {"ml-100k.zip": {"md5": md5, "origin": "grouplens"}}
