@@ -107,6 +107,10 @@ def test_both_modes_metrics_predictions_and_report(tmp_path):
     assert rank["pop/avg_popularity@1"] == pytest.approx((15 + 5 + 20) / 3)
     assert rank["pop/tail_share@1"] == pytest.approx(1 / 3)
     assert rank["pop/coverage@1"] == pytest.approx(3 / 8)
+    # exposure of the 8 items in the top-1 lists: three 1s -> Gini = 2*21/(8*3) - 9/8
+    assert rank["pop/gini@1"] == pytest.approx(15 / 24)
+    assert rank["pop/ndcg@2/tail"] == pytest.approx(1 / math.log2(3))
+    assert rank["pop/targets/head"] == rank["pop/targets/mid"] == rank["pop/targets/tail"] == pytest.approx(1 / 3)
 
     gen = metrics["generate"]
     assert gen["hr@1"] == pytest.approx(1 / 3)        # hits / all (S-DPO, NAPO)
@@ -117,6 +121,9 @@ def test_both_modes_metrics_predictions_and_report(tmp_path):
     assert (gen["pop/hr@1/head"], gen["pop/hr@1/mid"], gen["pop/hr@1/tail"]) == (0.0, 1.0, 0.0)
     assert gen["pop/avg_popularity@1"] == pytest.approx((10 + 5) / 2)  # valid answers 1 and 2
     assert gen["pop/tail_share@1"] == pytest.approx(1 / 2)
+    assert gen["pop/balance@1"] == pytest.approx(1 / 3)
+    assert gen["pop/coverage@1"] == pytest.approx(2 / 8)
+    assert gen["pop/gini@1"] == pytest.approx(12 / 16)  # two 1s among 8 items
     assert metrics["num_examples"] == 3 and metrics["num_candidates"] == 4
     assert metrics["modes"] == ["rank", "generate"]
     # valid answers: ex0 names item 1 (rank's first is 5), ex1 names item 2 (rank's first too)
