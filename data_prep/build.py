@@ -195,10 +195,12 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
             # Candidates are drawn in order here (the samplers carry state); prompt tables are
             # built by worker threads (Arrow compute releases the GIL) and written in order.
             pending: deque = deque()
-            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-                for start in tqdm(range(0, len(ex), CHUNK_ROWS), desc=split, unit="chunk",
-                                  leave=False, disable=args.quiet):
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool, \
+                    tqdm(total=len(ex), desc=split, unit=" examples", leave=False,
+                         disable=args.quiet) as bar:
+                for start in range(0, len(ex), CHUNK_ROWS):
                     stop = min(start + CHUNK_ROWS, len(ex))
+                    bar.update(stop - start)
                     c = sampler(ex.hist_offsets[start:stop + 1], ex.hist_values,
                                 ex.target[start:stop], desc=split)
                     lap("candidates")

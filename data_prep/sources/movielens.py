@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import zipfile
 
 import numpy as np
@@ -73,6 +74,9 @@ def _ml100k_from_recbole(args: argparse.Namespace, grouplens_err: Exception) -> 
             f"ml-100k: GroupLens unreachable ({grouplens_err}) and the PyPI fallback failed "
             f"({pip_err}); connect to the internet or put {RECBOLE_WHEEL} in $NAPO_CACHE/wheels"
         ) from None
+    if not getattr(args, "quiet", False):
+        print(f"data_prep: GroupLens unreachable ({grouplens_err}); using the ml-100k copy in "
+              f"{RECBOLE_REQ} from PyPI", file=sys.stderr)
     inter_name, item_name = RECBOLE_FILES
     inter_bytes = read_zip_member(wheel, inter_name, RECBOLE_FILES[inter_name])
     item_bytes = read_zip_member(wheel, item_name, RECBOLE_FILES[item_name])
