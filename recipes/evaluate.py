@@ -101,7 +101,8 @@ def load_llm(args):
 def main(argv=None):
     args = parse_args(argv)
     from napo.eval.report import compare
-    from napo.eval.runner import evaluate
+    from napo.eval.runner import evaluate, load_split
+    from napo.eval.scorers import aux_scorer, popularity_scorer
 
     try:
         if args.compare:
@@ -111,16 +112,16 @@ def main(argv=None):
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.output).write_text(table + "\n")
             return 0
+        # Data first: a wrong directory or split fails in a second, before a large model loads.
+        _, items, meta = load_split(args.dataset_dir, args.split)
         model = tokenizer = scorer = model_name = None
         if args.model_name_or_path:
             model, tokenizer = load_llm(args)
             model_name = args.model_name_or_path + (f" + adapter {args.adapter}" if args.adapter else "")
+        elif args.popularity:
+            scorer = popularity_scorer(items)
         else:
-            from data_prep.prepared import load_prepared
-            from napo.eval.scorers import aux_scorer, popularity_scorer
-
-            _, items, meta = load_prepared(args.dataset_dir)
-            scorer = popularity_scorer(items) if args.popularity else aux_scorer(args.scores_from_aux, args.split, meta)
+            scorer = aux_scorer(args.scores_from_aux, args.split, meta)
         config = {k: v for k, v in vars(args).items() if k not in ("compare", "output", "names")}
         metrics = evaluate(
             model, tokenizer, args.dataset_dir, args.split, args.mode, args.output_dir,
