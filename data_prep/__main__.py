@@ -8,8 +8,15 @@ import sys
 from data_prep.errors import DataPrepError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other data_prep error."""
+
+    def error(self, message: str):
+        self.exit(2, f"data_prep: error: {message}; see python -m data_prep --help\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m data_prep",
         description="Turn interaction logs into candidate-list prompt datasets (train/valid/test).",
     )
@@ -25,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="your own template file (see data_prep/templates)")
     p.add_argument("--min-history", type=int, default=3, help="fewest previous items in an example")
     p.add_argument("--max-history", type=int, default=10, help="most previous items in an example")
-    p.add_argument("--split", default="user", choices=("user", "loo", "time"),
+    p.add_argument("--split", default="user",
                    help="user: users 8:1:1; loo: leave-one-out; time: global time cut-offs")
     p.add_argument("--num-candidates", type=int, default=20, help="target + negatives per example")
     p.add_argument("--candidate-sampler", default="llara", help="llara | uniform | popularity")
@@ -37,7 +44,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error already printed as one line
+        return int(stop.code or 0)
     try:
         from data_prep.build import build, print_summary
 

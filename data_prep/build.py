@@ -64,6 +64,8 @@ def check_args(args: argparse.Namespace) -> None:
             f"--min-history {args.min_history} / --max-history {args.max_history}: need "
             "0 <= min-history <= max-history and max-history >= 1"
         )
+    if args.split not in sequences.SPLIT_METHODS:
+        raise DataPrepError(f"unknown --split '{args.split}'; choose one of: {', '.join(sequences.SPLIT_METHODS)}")
     if args.candidate_sampler not in cand.SAMPLERS:
         raise DataPrepError(f"unknown --candidate-sampler '{args.candidate_sampler}'; choose one of: {', '.join(cand.SAMPLERS)}")
     if args.item_format not in prompts.ITEM_FORMATS:

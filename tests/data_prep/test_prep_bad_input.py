@@ -132,6 +132,8 @@ def test_bad_numbers_in_seq_txt(tmp_path, capsys):
     (["--min-history", "5", "--max-history", "2"], "min-history <= max-history"),
     (["--candidate-sampler", "hard"], "unknown --candidate-sampler 'hard'"),
     (["--item-format", "emoji"], "unknown --item-format 'emoji'"),
+    (["--split", "random"], "unknown --split 'random'"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
 ])
 def test_bad_options(tmp_path, capsys, flags, match):
     args = _write(tmp_path, GOOD)
