@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--length_normalize", action="store_true", help="rank by mean instead of summed log-prob")
     p.add_argument("--scoring", default="packed", choices=("packed", "naive"), help="rank scorer layout")
     p.add_argument("--max_new_tokens", type=int, default=20, help="generation budget (the papers use 20)")
+    p.add_argument("--containment", default="word", choices=("word", "substring"),
+                   help="answer matching: a title must occur as whole words (default) or as any substring (papers)")
     p.add_argument("--max_prompt_length", type=int, help="truncate prompts from the left to N tokens")
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, bfloat16, float16")
     p.add_argument("--attn_implementation", default="sdpa", help="eager or sdpa (packed scoring needs a 4D mask)")
@@ -127,6 +129,7 @@ def main(argv=None):
             model, tokenizer, args.dataset_dir, args.split, args.mode, args.output_dir,
             scorer=scorer, batch_size=args.batch_size, max_examples=args.max_examples,
             length_normalize=args.length_normalize, layout=args.scoring, max_new_tokens=args.max_new_tokens,
+            containment=args.containment,
             max_prompt_length=args.max_prompt_length, name=args.name, model_name=model_name, config=config, seed=args.seed,
             show_progress=not args.no_progress,
         )

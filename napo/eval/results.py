@@ -61,12 +61,14 @@ def rank_results(
 
 def generate_results(
     answers: Sequence[str], titles: Sequence[Sequence[str]], candidates, targets, train_counts,
+    containment: str = "word",
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics and per-example predictions of generated answers.
 
     answers [N] texts; titles [N][C] candidate texts (candidate order); candidates [N, C] item
-    ids; targets [N]; train_counts [num_items]. Per example: `answer`, `matched` (item id or
-    None), `match_rule` ("exact", "contained" or None), `hit`.
+    ids; targets [N]; train_counts [num_items]; containment: "word" or "substring" (see
+    `napo.eval.matching`). Per example: `answer`, `matched` (item id or None), `match_rule`
+    ("exact", "contained" or None), `hit`.
     """
     n = len(answers)
     counts = np.asarray(train_counts, dtype=np.float64)
@@ -74,7 +76,7 @@ def generate_results(
     matched = np.full(n, -1, dtype=np.int64)
     rules, ambiguous = [], 0
     for i, (answer, row_titles) in enumerate(zip(answers, titles, strict=True)):
-        m = match_answer(answer, row_titles)
+        m = match_answer(answer, row_titles, containment)
         rules.append(m.rule)
         if m.valid:
             matched[i] = int(candidates[i][m.index])

@@ -97,6 +97,7 @@ def evaluate_rows(
     batch_size: int = 8,
     ks: Sequence[int] = DEFAULT_KS,
     pop_ks: Sequence[int] = POP_KS,
+    containment: str = "word",
     info: dict | None = None,
     show_progress: bool = True,
 ) -> dict:
@@ -110,6 +111,7 @@ def evaluate_rows(
             and plots/ (None: write nothing).
         scorer: `CandidateScorer` -> the "rank" section; generator: `AnswerGenerator` -> the
             "generate" section. At least one.
+        containment: how answers are matched to titles, "word" or "substring" (the papers').
         info: extra top-level fields of metrics.json (name, dataset, split, scorer, ...).
     Returns:
         The metrics dict (same on every process).
@@ -150,7 +152,7 @@ def evaluate_rows(
         local = _run_batches(generator, rows, start, end, batch_size, "generate", show)
         answers = gather_object(local) if state.num_processes > 1 else local
         section, per_row = generate_results(answers, batch_candidate_titles(everything), candidates,
-                                            targets, counts)
+                                            targets, counts, containment)
         metrics["generate"] = section
         metrics["modes"].append("generate")
         for p, extra in zip(predictions, per_row, strict=True):
@@ -202,6 +204,7 @@ def evaluate(
     length_normalize: bool = False,
     layout: str = "packed",
     max_new_tokens: int = 20,
+    containment: str = "word",
     completion_prefix: str = "",
     max_prompt_length: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
@@ -258,10 +261,13 @@ def evaluate(
     }
     if scorer is not None and hasattr(scorer, "layout"):
         info["rank_settings"] = {"layout": scorer.layout, "length_normalize": scorer.length_normalize}
-    if generator is not None and hasattr(generator, "generation_config"):
-        info["generation_config"] = generator.generation_config.to_diff_dict()
+    if generator is not None:
+        info["containment"] = containment
+        if hasattr(generator, "generation_config"):
+            info["generation_config"] = generator.generation_config.to_diff_dict()
     metrics = evaluate_rows(rows, train_counts_array(items), output_dir, scorer=scorer, generator=generator,
-                            batch_size=batch_size, ks=ks, info=info, show_progress=show_progress)
+                            batch_size=batch_size, ks=ks, containment=containment, info=info,
+                            show_progress=show_progress)
     if output_dir is not None:
         state = process_state()
         if state.is_main_process:
@@ -270,7 +276,8 @@ def evaluate(
             run_config = {
                 "dataset_dir": str(dataset_dir), "split": split, "mode": mode, "batch_size": batch_size,
                 "max_examples": max_examples, "length_normalize": length_normalize, "layout": layout,
-                "max_new_tokens": max_new_tokens, "completion_prefix": completion_prefix,
+                "max_new_tokens": max_new_tokens, "containment": containment,
+                "completion_prefix": completion_prefix,
                 "max_prompt_length": max_prompt_length, "ks": list(ks), "num_processes": state.num_processes,
                 **info, **(config or {}),
             }

@@ -72,6 +72,17 @@ def test_matching_rules():
     assert match_answer("x <item_1> y", ["<item_1>", "<item_12>"]).index == 0
     # two candidates with the same normalised title cannot be told apart
     assert not match_answer("heat", ["Heat", "HEAT!"]).valid
+    # the papers' plain substring test: "alien" is inside "aliens", "heat" inside "heathers"
+    assert match_answer("Alien", titles, "substring").index is None  # "aliens" is not inside "alien"
+    m = match_answer("Aliens!", ["Alien", "Aliens"], "substring")
+    assert (m.index, m.rule, m.num_contained) == (1, "exact", 2)  # exact first, whatever is contained
+    m = match_answer("I pick Aliens 2", ["Alien", "Aliens"], "substring")
+    assert (m.index, m.num_contained) == (None, 2)  # both contained -> ambiguous
+    assert match_answer("I pick Aliens 2", ["Alien", "Aliens"]).index == 1  # whole words: only "aliens"
+    assert match_answer("Heathers", titles, "substring").index == 0
+    assert match_answer("<item_12>", ["<item_1>", "<item_12>"], "substring").index == 1  # exact wins
+    with pytest.raises(ValueError, match="containment"):
+        match_answer("x", titles, "fuzzy")
 
 
 def test_candidate_titles_follow_candidate_order():
