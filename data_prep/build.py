@@ -68,6 +68,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataPrepError(f"unknown --split '{args.split}'; choose one of: {', '.join(sequences.SPLIT_METHODS)}")
     if args.candidate_sampler not in cand.SAMPLERS:
         raise DataPrepError(f"unknown --candidate-sampler '{args.candidate_sampler}'; choose one of: {', '.join(cand.SAMPLERS)}")
+    if not args.popularity_alpha >= 0:
+        raise DataPrepError(f"--popularity-alpha {args.popularity_alpha}: must be >= 0 (0 is uniform)")
     if args.item_format not in prompts.ITEM_FORMATS:
         raise DataPrepError(f"unknown --item-format '{args.item_format}'; choose title or token")
 

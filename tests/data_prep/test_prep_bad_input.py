@@ -133,6 +133,7 @@ def test_bad_numbers_in_seq_txt(tmp_path, capsys):
     (["--candidate-sampler", "hard"], "unknown --candidate-sampler 'hard'"),
     (["--item-format", "emoji"], "unknown --item-format 'emoji'"),
     (["--split", "random"], "unknown --split 'random'"),
+    (["--popularity-alpha", "-1"], "must be >= 0"),
     (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
 ])
 def test_bad_options(tmp_path, capsys, flags, match):
