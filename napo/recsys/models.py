@@ -94,9 +94,12 @@ class _Block(nn.Module):
         b, length, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)
         heads = [t.view(b, length, self.num_heads, d // self.num_heads).transpose(1, 2) for t in (q, k, v)]
-        a = F.scaled_dot_product_attention(
-            *heads, attn_mask=allowed, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # [B, H, L, d/H]
+        q, k, v = heads
+        # plain attention math (L <= a few dozen): explicit and identical on every backend
+        logits = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.num_heads)  # [B, H, L, L]
+        weights = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        weights = F.dropout(weights, self.attn_dropout, self.training)
+        a = weights @ v  # [B, H, L, d/H]
         x = x + self.dropout(self.proj(a.transpose(1, 2).reshape(b, length, d)))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
@@ -202,7 +205,9 @@ class Caser(SeqRecommender):
         v = self.vertical(e).flatten(1)  # [B, n_v * d]
         hs = [F.relu(conv(e).squeeze(3)).amax(dim=2) for conv in self.horizontal]  # each [B, n_h]
         z = torch.cat([v, *hs], dim=1)
-        return F.relu(self.fc(self.dropout(z)))
+        # no ReLU on this last layer (unlike the paper): a dead ReLU here zeroes the user vector
+        # and every score ties, which we saw with Adam at lr 1e-2
+        return self.fc(self.dropout(z))
 
     def encode_all(self, seq: torch.Tensor) -> torch.Tensor:
         return self.encode(seq)[:, None]
