@@ -5,6 +5,7 @@ dataset (napo.models.synthetic), with LoRA.
 """
 
 import contextlib
+import json
 import math
 import os
 import subprocess
@@ -310,8 +311,6 @@ TWO_PROC_SCRIPT = textwrap.dedent("""
 
 
 def _run_two_proc_case(tmp_path, tiny, processes, share_mode):
-    import json
-
     model_dir, dataset = tiny
     data_dir = tmp_path / "train8"
     if not data_dir.exists():
@@ -344,3 +343,35 @@ def test_two_processes_match_one_process(tmp_path, tiny, share_mode):
     assert len(one["losses"]) == 2
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert two["weights"] == pytest.approx(one["weights"], abs=1e-4)
+
+
+def test_margin_state_is_checkpointed_and_restored(tmp_path, tiny):
+    """2 steps + checkpoint + resume to step 3 leaves the margin where 3 straight steps do."""
+    straight = make_trainer(tmp_path, tiny, loss_type="napo", max_steps=3, save_strategy="steps", save_steps=2)
+    straight.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert json.loads((checkpoint / "napo_margin.json").read_text())["steps"] == 2
+    resumed = make_trainer(tmp_path, tiny, loss_type="napo", max_steps=3, save_strategy="no")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.margin.state_dict()["steps"] == 3
+    assert resumed.margin.state_dict()["ema"] == pytest.approx(straight.margin.state_dict()["ema"], abs=1e-12)
+
+
+def test_resample_draws_new_negatives_each_epoch(tmp_path, tiny):
+    seen = {}
+    for sampling in ("fixed", "resample"):
+        trainer = make_trainer(tmp_path / sampling, tiny, loss_type="sdpo", negative_sampling=sampling,
+                               train_rows=4, max_steps=-1, num_train_epochs=3, learning_rate=0.0,
+                               train_sampling_strategy="sequential")
+        batches = seen[sampling] = []
+        compute_loss = trainer.compute_loss
+
+        def spy(model, inputs, *args, _inner=compute_loss, _out=batches, **kwargs):
+            _out.append(inputs["item_ids"][:, 1:].tolist())
+            return _inner(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = spy
+        trainer.train()
+        assert len(batches) == 3
+    assert seen["fixed"][0] == seen["fixed"][1] == seen["fixed"][2]
+    assert seen["resample"][1] != seen["resample"][0] or seen["resample"][2] != seen["resample"][0]
