@@ -170,6 +170,9 @@ class NAPOTrainer(DPOTrainer):
                 args.precompute_ref_log_probs = False
         self.precompute_ref_logps = args.reference == "precomputed"
         self._check_columns(self.train_dataset, "train_dataset")
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
+        for name, dataset in evals.items():
+            self._check_columns(dataset, name)
 
         if args.gamma0 != 0.0:
             self.margin = DynamicMargin(
@@ -222,7 +225,7 @@ class NAPOTrainer(DPOTrainer):
                 f"share_negatives needs the auxiliary user vectors but {name} has no '{AUX_VECTOR}' "
                 "column: join them with napo.collator.add_aux_columns (recipes/napo.py does it from aux_dir)"
             )
-        if self.margin is not None and self.args.margin_alpha > 0 and AUX_SCORES not in columns:
+        if self.args.gamma0 != 0.0 and self.args.margin_alpha > 0 and AUX_SCORES not in columns:
             raise ValueError(
                 f"margin_alpha > 0 needs auxiliary candidate scores but {name} has no '{AUX_SCORES}' "
                 "column: join them with napo.collator.add_aux_columns (recipes/napo.py does it from aux_dir)"

@@ -375,3 +375,17 @@ def test_resample_draws_new_negatives_each_epoch(tmp_path, tiny):
         assert len(batches) == 3
     assert seen["fixed"][0] == seen["fixed"][1] == seen["fixed"][2]
     assert seen["resample"][1] != seen["resample"][0] or seen["resample"][2] != seen["resample"][0]
+
+
+def test_missing_aux_columns_fail_clearly(tmp_path, tiny):
+    model_dir, dataset = tiny
+    bare = dataset["train"].remove_columns(["aux_user_vector", "aux_scores"])
+    args = NAPOConfig(output_dir=str(tmp_path), loss_type="napo", aux_dir="a", use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="no 'aux_user_vector' column"):
+        NAPOTrainer(load_model(model_dir), args=args, train_dataset=bare,
+                    processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=LoraConfig(**LORA))
+    args = NAPOConfig(output_dir=str(tmp_path), loss_type="napo", aux_dir="a", share_negatives=False,
+                      use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="eval_dataset has no 'aux_scores' column"):
+        NAPOTrainer(load_model(model_dir), args=args, train_dataset=dataset["train"], eval_dataset=bare,
+                    processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=LoraConfig(**LORA))
