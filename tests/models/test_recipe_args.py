@@ -48,3 +48,15 @@ def test_unknown_command_line_flag(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown command-line option '--lerning_rate'; did you mean '--learning_rate'?"]
+
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "recipes" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/sft*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_sft_configs_parse(path):
+    # bf16 needs a GPU: override it so that the paper configs parse on a CPU-only machine
+    data, training, model = parse_recipe_args(_parser(), ["--config", str(path), "--bf16", "false", "--use_cpu", "true"])
+    assert data.dataset_dir and training.output_dir and model.model_name_or_path
+    if model.use_peft:
+        assert training.ddp_find_unused_parameters is False
