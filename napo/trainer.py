@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from napo.collator import (
@@ -246,7 +247,9 @@ class NAPOTrainer(DPOTrainer):
 
     @torch.no_grad()
     def _reference_logps(self, model, batch) -> torch.Tensor:
-        with self._reference_context(model):
+        """[B, M] reference log-probs (no gradient; checkpointing off, as DPOTrainer does)."""
+        checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        with checkpointing, self._reference_context(model):
             logps, _ = completion_logps(model, batch, length_normalize=self.args.length_normalize)
         return logps
 

@@ -389,3 +389,19 @@ def test_missing_aux_columns_fail_clearly(tmp_path, tiny):
     with pytest.raises(ValueError, match="eval_dataset has no 'aux_scores' column"):
         NAPOTrainer(load_model(model_dir), args=args, train_dataset=dataset["train"], eval_dataset=bare,
                     processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=LoraConfig(**LORA))
+
+
+def test_gradient_checkpointing_gives_the_same_loss(tmp_path, tiny):
+    losses = []
+    for checkpointing in (False, True):
+        trainer = make_trainer(tmp_path / str(checkpointing), tiny, lora={**LORA, "init_lora_weights": False},
+                               loss_type="sdpo", gradient_checkpointing=checkpointing)
+        rows = [trainer.train_dataset[i] for i in range(4)]
+        batch = trainer._prepare_inputs(trainer.data_collator(rows))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = [p.grad.norm().item() for p in trainer.model.parameters() if p.requires_grad]
+        losses.append((loss.item(), grads))
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
+    assert losses[0][1] == pytest.approx(losses[1][1], rel=1e-4)
