@@ -33,7 +33,8 @@ def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.n
     bits = [int(x.max()).bit_length() for x in (user, t_rel, item)]
     if sum(bits) <= 63:
         key = (user << (bits[1] + bits[2])) | (t_rel << bits[2]) | item
-        order = np.argsort(key, kind="stable")
+        # Equal keys are identical rows, so an unstable (faster) sort gives the same arrays.
+        order = np.argsort(key)
     else:
         order = np.lexsort((item, ts, user))
     return user[order], item[order], ts[order]
