@@ -301,6 +301,13 @@ class NAPOTrainer(DPOTrainer):
         return batch, pool_slot
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Mean listwise loss of the local batch (DDP's gradient averaging makes it the global mean).
+
+        scores [B, 1+K] (one packed or naive forward) -> reference scores (adapter off / "ref"
+        adapter, or precomputed) -> negative pool [B, P] (own K, plus the partners' when sharing:
+        reused log-probs, or borrowed items scored under the own prompt with ``rescore``) ->
+        gamma_t (dynamic margin) -> ``listwise_preference_loss``.
+        """
         args = self.args
         mode = "train" if self.model.training else "eval"
         item_ids = inputs["item_ids"]  # [B, 1+K]
