@@ -1,7 +1,60 @@
 #!/usr/bin/env bash
-# The end-to-end demo on the embedded default (MovieLens-100K). Called by `make demo`.
+# The end-to-end demo on the embedded default (MovieLens-100K), CPU only. Called by `make demo`.
+#
+#   data_prep -> auxiliary SASRec -> tiny offline model -> SFT -> DPO, S-DPO, NAPO (same budget)
+#   -> evaluation of all of them beside Popularity and SASRec -> comparison table
+#
+# Every step writes into $DEMO_DIR (default runs/demo); the table goes to $DEMO_DIR/report.md.
+# DEMO_EVAL_EXAMPLES test examples are evaluated for every method (the same rows for all).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 DEMO_DIR=${DEMO_DIR:-runs/demo}
-mkdir -p "$DEMO_DIR"
-"$PY" -m data_prep --dataset ml-100k --output-dir "$DEMO_DIR/data" --overwrite
+DEMO_SEED=${DEMO_SEED:-42}
+DEMO_EVAL_EXAMPLES=${DEMO_EVAL_EXAMPLES:-1000}
+D=$DEMO_DIR
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+start=$(date +%s)
+step() { printf '\n=== [%4ds] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+mkdir -p "$D"
+
+step "1/7 data_prep: MovieLens-100K, 20-candidate protocol, items as <item_ID> tokens"
+"$PY" -m data_prep --dataset ml-100k --item-format token --seed "$DEMO_SEED" \
+    --output-dir "$D/data" --overwrite
+
+step "2/7 auxiliary SASRec (NAPO's user vectors and negative scores; also a comparator)"
+"$PY" recipes/sasrec.py --config recipes/configs/ml-100k/sasrec.yaml --dataset_dir "$D/data" \
+    --output_dir "$D/sasrec" --max_minutes 3 --seed "$DEMO_SEED"
+
+step "3/7 tiny Llama-architecture model + tokenizer trained on the prepared data"
+"$PY" -m napo.models.tiny --dataset-dir "$D/data" --output-dir "$D/tiny-model" --item-tokens \
+    --seed "$DEMO_SEED"
+
+step "4/7 SFT (LoRA)"
+"$PY" recipes/sft.py --config recipes/configs/ml-100k/sft-tiny.yaml --dataset_dir "$D/data" \
+    --model_name_or_path "$D/tiny-model" --output_dir "$D/sft" --seed "$DEMO_SEED"
+
+step "5/7 DPO, S-DPO and NAPO from the SFT adapter, same budget"
+for method in dpo sdpo napo; do
+    extra=()
+    [ "$method" = napo ] && extra=(--aux_dir "$D/sasrec/aux")
+    "$PY" recipes/napo.py --config "recipes/configs/ml-100k/$method-tiny.yaml" \
+        --dataset_dir "$D/data" --model_name_or_path "$D/tiny-model" --sft_adapter "$D/sft" \
+        --output_dir "$D/$method" --seed "$DEMO_SEED" "${extra[@]}"
+done
+
+step "6/7 evaluation on $DEMO_EVAL_EXAMPLES test examples"
+common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES")
+"$PY" recipes/evaluate.py --popularity "${common[@]}" --output_dir "$D/eval/popularity" --name Popularity
+"$PY" recipes/evaluate.py --scores_from_aux "$D/sasrec/aux" "${common[@]}" \
+    --output_dir "$D/eval/sasrec" --name SASRec
+for method in sft dpo sdpo napo; do
+    "$PY" recipes/evaluate.py --model_name_or_path "$D/tiny-model" --adapter "$D/$method" \
+        "${common[@]}" --mode both --batch_size 32 --output_dir "$D/eval/$method" \
+        --name "$(echo "$method" | tr a-z A-Z)"
+done
+
+step "7/7 comparison"
+"$PY" recipes/evaluate.py --compare "$D/eval/popularity" "$D/eval/sasrec" "$D/eval/sft" \
+    "$D/eval/dpo" "$D/eval/sdpo" "$D/eval/napo" --output "$D/report.md"
+cat "$D/report.md"
+step "done: $D/report.md"
