@@ -1,0 +1,32 @@
+import pandas as pd
+import pytest
+from datasets import Dataset
+
+from napo.models.sft_data import SFTDataError, check_item_tokens, to_prompt_completion
+
+
+def _split():
+    return Dataset.from_dict({
+        "user_id": [0, 1, 2], "prompt": ["p0 Answer:", "p1 Answer:", "p2 Answer:"],
+        "chosen": ["<item_1>", "<item_2>", "<item_0>"], "rejected": [["a"], ["b"], ["c"]],
+    })
+
+
+def test_prompt_completion_columns_and_row_order():
+    out = to_prompt_completion(_split())
+    assert out.column_names == ["prompt", "completion"]
+    assert out["completion"] == ["<item_1>", "<item_2>", "<item_0>"]  # verbatim: no space, no EOS
+    assert to_prompt_completion(_split(), max_samples=2)["prompt"] == ["p0 Answer:", "p1 Answer:"]
+    with pytest.raises(SFTDataError, match="chosen"):
+        to_prompt_completion(Dataset.from_dict({"prompt": ["x"]}))
+
+
+def test_item_token_check(tiny_token_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_token_model)
+    items = pd.DataFrame({"item_id": [0, 1, 59]})
+    check_item_tokens(tok, {"item_format": "token"}, items)  # all present: no error
+    check_item_tokens(tok, {"item_format": "title"}, pd.DataFrame({"item_id": [10_000]}))  # titles: not checked
+    with pytest.raises(SFTDataError, match=r"lacks 1 of them \(e\.g\. <item_10000>\).*--item-tokens"):
+        check_item_tokens(tok, {"item_format": "token"}, pd.DataFrame({"item_id": [0, 10_000]}))
