@@ -149,6 +149,7 @@ def test_accelerate_launch_of_the_tiny_config(setup):
     assert losses and all(math.isfinite(x) for x in losses)
 
 
+@pytest.mark.slow
 def test_recipe_file_does_not_shadow_the_package_for_sibling_scripts():
     """Scripts in recipes/ have recipes/ first on sys.path, where recipes/napo.py sits."""
     proc = subprocess.run(
