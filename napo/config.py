@@ -284,9 +284,10 @@ class AdapterArguments:
     sft_adapter: str | None = field(
         default=None,
         metadata={
-            "help": "LoRA adapter directory of the SFT stage (recipes/sft.py output). It is loaded "
-            "on top of its base model and trained further; a frozen copy of it is the reference. "
-            "None: a fresh LoRA from the ModelConfig flags on model_name_or_path."
+            "help": "Output of the SFT stage (recipes/sft.py). A LoRA adapter directory is loaded on "
+            "its base model and trained further, a frozen copy of it being the reference; a full "
+            "model directory gets a fresh LoRA (use_peft, lora_*), the adapter-disabled SFT model "
+            "being the reference. None: start from model_name_or_path."
         },
     )
 

@@ -103,6 +103,33 @@ def test_sdpo_starts_at_log_one_plus_k(setup):
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_full_sft_model_gets_a_fresh_lora_whose_disabled_policy_is_the_reference(setup):
+    """A fully fine-tuned SFT output: fresh LoRA on top, reference = adapter off = the SFT model."""
+    full = setup / "sft_full"
+    if not full.exists():
+        AutoModelForCausalLM.from_pretrained(setup / "model").save_pretrained(full)
+        AutoTokenizer.from_pretrained(setup / "model").save_pretrained(full)
+    config = write_config(setup, "from_full", sft_adapter=str(full), loss_type="sdpo", num_negatives=2,
+                          max_steps=2, eval_strategy="no", use_peft=True, lora_r=4, lora_alpha=8,
+                          lora_target_modules=["q_proj", "v_proj"])
+    trainer = recipe_main(["--config", str(config)])
+    assert set(trainer.model.peft_config) == {"default"}  # no "ref" copy: the base is the SFT model
+    first = next(h for h in trainer.state.log_history if "loss" in h)
+    assert first["loss"] == pytest.approx(math.log(3), abs=1e-5)  # zero-init LoRA: policy == SFT
+    out = setup / "from_full"
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(full)
+
+
+def test_missing_inputs_fail_with_one_clear_line(setup, capsys):
+    config = write_config(setup, "nodata", loss_type="sdpo", dataset_dir=str(setup / "nope"))
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nope" in err[0]
+
+
 def run_cli(args, **env_extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env_extra}
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
