@@ -10,7 +10,8 @@ accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/sft.p
     --config recipes/configs/ml-100k/sft.yaml
 
 # offline tiny model on a CPU, a few minutes
-python -m napo.models.tiny --dataset-dir runs/data/ml-100k-tokens --output-dir runs/tiny/ml-100k-tokens --item-tokens
+python -m napo.models.tiny --dataset-dir runs/data/ml-100k-tokens --output-dir runs/tiny/ml-100k-tokens \
+    --item-tokens --hidden-size 64 --num-layers 2
 python recipes/sft.py --config recipes/configs/ml-100k/sft-tiny.yaml
 ```
 
@@ -28,10 +29,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config  # noqa: E402
 
-from data_prep.prepared import load_prepared  # noqa: E402
-from napo.models.loading import load_model_and_tokenizer  # noqa: E402
+from data_prep.prepared import PreparedDataError, load_prepared  # noqa: E402
+from napo.models.loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer  # noqa: E402
 from napo.models.recipe_args import DatasetArguments, parse_recipe_args  # noqa: E402
-from napo.models.sft_data import check_item_tokens, to_prompt_completion  # noqa: E402
+from napo.models.sft_data import SFTDataError, check_item_tokens, to_prompt_completion  # noqa: E402
 from napo.utils import write_run_info  # noqa: E402
 
 
@@ -42,12 +43,22 @@ def main(argv=None):
     if data_args.dataset_dir is None:
         parser.exit(2, "error: dataset_dir is not set: add `dataset_dir: DIR` to the config or pass --dataset_dir\n")
 
-    # Model and tokenizer (dtype, QLoRA quantization, attention implementation, pad token).
-    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    # Data and tokenizer checked first, then the model (dtype, QLoRA quantization, attention
+    # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
+    # run with one line before any weights are loaded.
+    try:
+        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        tokenizer = load_tokenizer(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+        )
+        check_item_tokens(tokenizer, meta, items)
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    except (PreparedDataError, ModelLoadError, SFTDataError) as err:
+        parser.exit(2, f"error: {err}\n")
 
-    # Data: prompt/completion pairs; TRL appends EOS and masks the prompt out of the loss.
-    dataset, items, meta = load_prepared(data_args.dataset_dir)
-    check_item_tokens(tokenizer, meta, items)
+    # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
     train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples)
     eval_dataset = None
     if training_args.eval_strategy != "no":

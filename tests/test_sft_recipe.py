@@ -107,3 +107,25 @@ def test_yaml_typo_fails_with_one_clear_line(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "typo.yaml:" in err[0] and "unknown key 'lora_rank'" in err[0]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_item_token_data_with_a_title_tokenizer_fails_clearly(tiny, tmp_path, capsys):
+    from napo.models.tiny import build_tiny_model
+
+    data, _, _ = tiny
+    no_items = tmp_path / "no_items"
+    build_tiny_model(data, no_items, item_tokens=False, vocab_size=300, hidden_size=16, num_layers=1, num_heads=2)
+    capsys.readouterr()
+    config = _config(tmp_path / "c.yaml", data, no_items, tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe().main(["--config", config])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "item_format 'token'" in err[-1] and "--item-tokens" in err[-1]
+
+    config = _config(tmp_path / "d.yaml", tmp_path / "no_data", no_items, tmp_path / "out")
+    with pytest.raises(SystemExit):
+        _recipe().main(["--config", config])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_data: not a directory" in err[0]
+    assert not (tmp_path / "out").exists()

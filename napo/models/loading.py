@@ -85,6 +85,8 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
+    if not name_or_path:
+        raise ModelLoadError("model_name_or_path is not set: give a Hub id or a local model directory")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if padding_side is not None:
         kwargs["padding_side"] = padding_side
