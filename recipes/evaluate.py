@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--mode", default="rank", choices=("rank", "generate", "both"))
     p.add_argument("--output_dir", help="where the outputs are written")
     p.add_argument("--name", help="row name in comparisons (default: the output directory's name)")
-    p.add_argument("--max_examples", type=int, help="evaluate the first N examples only")
+    p.add_argument("--max_examples", type=int, help="evaluate N examples only (the first N, or a sample with --sample_seed)")
+    p.add_argument("--sample_seed", type=int, help="with --max_examples: a seeded uniform sample of rows instead of the first N")
     p.add_argument("--batch_size", type=int, default=8, help="examples per forward / generate call")
     p.add_argument("--length_normalize", action="store_true", help="rank by mean instead of summed log-prob")
     p.add_argument("--scoring", default="packed", choices=("packed", "naive"), help="rank scorer layout")
@@ -128,6 +129,7 @@ def main(argv=None):
         metrics = evaluate(
             model, tokenizer, args.dataset_dir, args.split, args.mode, args.output_dir,
             scorer=scorer, batch_size=args.batch_size, max_examples=args.max_examples,
+            sample_seed=args.sample_seed,
             length_normalize=args.length_normalize, layout=args.scoring, max_new_tokens=args.max_new_tokens,
             containment=args.containment,
             max_prompt_length=args.max_prompt_length, name=args.name, model_name=model_name, config=config, seed=args.seed,

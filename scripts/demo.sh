@@ -5,7 +5,7 @@
 #   -> evaluation of all of them beside Popularity and SASRec -> comparison table
 #
 # Every step writes into $DEMO_DIR (default runs/demo); the table goes to $DEMO_DIR/report.md.
-# DEMO_EVAL_EXAMPLES test examples are evaluated for every method (the same rows for all).
+# DEMO_EVAL_EXAMPLES test examples, a seeded sample, are evaluated for every method (the same rows).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 DEMO_DIR=${DEMO_DIR:-runs/demo}
@@ -43,7 +43,7 @@ for method in dpo sdpo napo; do
 done
 
 step "6/7 evaluation on $DEMO_EVAL_EXAMPLES test examples"
-common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES")
+common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES" --sample_seed "$DEMO_SEED")
 "$PY" recipes/evaluate.py --popularity "${common[@]}" --output_dir "$D/eval/popularity" --name Popularity
 "$PY" recipes/evaluate.py --scores_from_aux "$D/sasrec/aux" "${common[@]}" \
     --output_dir "$D/eval/sasrec" --name SASRec

@@ -135,8 +135,10 @@ def evaluate_rows(
                         "the dataset and its items.jsonl do not match")
     metrics = {"num_examples": n, "num_candidates": int(candidates.shape[1]), "modes": []}
     metrics.update(info or {})
-    predictions = [{"row": i, "user_id": int(u), "target": int(t)}
-                   for i, (u, t) in enumerate(zip(everything["user_id"], targets, strict=True))]
+    # "row" is the example's position in the whole split (also when a sample was evaluated).
+    row_index = everything.get("row_index") or list(range(n))
+    predictions = [{"row": int(i), "user_id": int(u), "target": int(t)}
+                   for i, u, t in zip(row_index, everything["user_id"], targets, strict=True)]
 
     if scorer is not None:
         local = _run_batches(scorer, rows, start, end, batch_size, "rank", show)
@@ -171,8 +173,15 @@ def evaluate_rows(
     return metrics
 
 
-def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | None = None):
-    """(rows, items, meta) of one split of a prepared dataset, cut to the first max_examples rows."""
+def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | None = None,
+               sample_seed: int | None = None):
+    """(rows, items, meta) of one split of a prepared dataset, cut to max_examples rows.
+
+    The cut keeps the first rows, or, with `sample_seed`, a seeded uniform sample of rows (kept in
+    split order). Splits are ordered by user, so the first rows are few users; a sample is the
+    fair subset. The rows carry `row_index` (their position in the whole split), which is how
+    row-aligned outputs (auxiliary scores) stay aligned.
+    """
     from data_prep.prepared import load_prepared
 
     dataset, items, meta = load_prepared(dataset_dir)
@@ -185,7 +194,16 @@ def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | N
     if max_examples is not None:
         if max_examples < 1:
             raise EvalError(f"--max_examples must be >= 1, got {max_examples}")
-        rows = rows.select(range(min(max_examples, len(rows))))
+        if sample_seed is not None and max_examples < len(rows):
+            rng = np.random.default_rng(sample_seed)
+            keep = np.sort(rng.choice(len(rows), size=max_examples, replace=False)).tolist()
+        else:
+            keep = list(range(min(max_examples, len(rows))))
+        rows = rows.select(keep)
+    else:
+        keep = list(range(len(rows)))
+    if "row_index" not in rows.column_names:
+        rows = rows.add_column("row_index", keep)
     return rows, items, meta
 
 
@@ -201,6 +219,7 @@ def evaluate(
     generator: Callable | None = None,
     batch_size: int = 8,
     max_examples: int | None = None,
+    sample_seed: int | None = None,
     length_normalize: bool = False,
     layout: str = "packed",
     max_new_tokens: int = 20,
@@ -227,7 +246,7 @@ def evaluate(
     OUT/run.json (main process only) and returns the metrics dict.
     """
     wanted = modes_of(mode)
-    rows, items, meta = load_split(dataset_dir, split, max_examples)
+    rows, items, meta = load_split(dataset_dir, split, max_examples, sample_seed)
     if model is not None and not getattr(model, "hf_device_map", None):
         model.to(process_state().device)  # each process scores its shard on its own device
     if "rank" in wanted and scorer is None:
@@ -275,7 +294,7 @@ def evaluate(
 
             run_config = {
                 "dataset_dir": str(dataset_dir), "split": split, "mode": mode, "batch_size": batch_size,
-                "max_examples": max_examples, "length_normalize": length_normalize, "layout": layout,
+                "max_examples": max_examples, "sample_seed": sample_seed, "length_normalize": length_normalize, "layout": layout,
                 "max_new_tokens": max_new_tokens, "containment": containment,
                 "completion_prefix": completion_prefix,
                 "max_prompt_length": max_prompt_length, "ks": list(ks), "num_processes": state.num_processes,

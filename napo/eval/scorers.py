@@ -59,7 +59,8 @@ class PrecomputedScorer:
         self.name = name
 
     def __call__(self, batch: dict[str, list], indices: Sequence[int]) -> torch.Tensor:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        # Rows cut from a split carry their position in the whole split (runner.load_split).
+        idx = torch.as_tensor(list(batch.get("row_index", indices)), dtype=torch.long)
         if len(idx) and int(idx.max()) >= self.scores.shape[0]:
             raise ValueError(
                 f"row {int(idx.max())} asked for but the precomputed scores hold "
