@@ -27,9 +27,9 @@ step "2/7 auxiliary SASRec (NAPO's user vectors and negative scores; also a comp
 
 step "3/7 tiny Llama-architecture model + tokenizer trained on the prepared data"
 "$PY" -m napo.models.tiny --dataset-dir "$D/data" --output-dir "$D/tiny-model" --item-tokens \
-    --seed "$DEMO_SEED"
+    --hidden-size 64 --num-layers 2 --seed "$DEMO_SEED"
 
-step "4/7 SFT (LoRA)"
+step "4/7 SFT (full fine-tune of the tiny model)"
 "$PY" recipes/sft.py --config recipes/configs/ml-100k/sft-tiny.yaml --dataset_dir "$D/data" \
     --model_name_or_path "$D/tiny-model" --output_dir "$D/sft" --seed "$DEMO_SEED"
 
@@ -47,10 +47,13 @@ common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES
 "$PY" recipes/evaluate.py --popularity "${common[@]}" --output_dir "$D/eval/popularity" --name Popularity
 "$PY" recipes/evaluate.py --scores_from_aux "$D/sasrec/aux" "${common[@]}" \
     --output_dir "$D/eval/sasrec" --name SASRec
-for method in sft dpo sdpo napo; do
-    "$PY" recipes/evaluate.py --model_name_or_path "$D/tiny-model" --adapter "$D/$method" \
+# The SFT output is the fine-tuned tiny model; DPO / S-DPO / NAPO are LoRA adapters on top of it.
+"$PY" recipes/evaluate.py --model_name_or_path "$D/sft" "${common[@]}" --mode both --batch_size 32 \
+    --output_dir "$D/eval/sft" --name SFT
+for method in dpo sdpo napo; do
+    "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" --adapter "$D/$method" \
         "${common[@]}" --mode both --batch_size 32 --output_dir "$D/eval/$method" \
-        --name "$(echo "$method" | tr a-z A-Z)"
+        --name "$(echo "$method" | tr a-z A-Z | sed 's/SDPO/S-DPO/')"
 done
 
 step "7/7 comparison"
