@@ -10,6 +10,7 @@ input (a constant "no history" vector).
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from napo.recsys.data import left_align
 
 
-class SeqRecommender(nn.Module):
+class SeqRecommender(nn.Module, abc.ABC):
     """Shared interface. Subclasses implement `_encode_all` (or `encode`) and `item_vectors`."""
 
     supports_all_positions = True
@@ -42,8 +43,9 @@ class SeqRecommender(nn.Module):
         """User vector = hidden state at the last history position: [B, L] -> [B, d]."""
         return self.encode_all(seq)[:, -1]
 
+    @abc.abstractmethod
     def item_vectors(self) -> torch.Tensor:  # [num_items, d]
-        raise NotImplementedError
+        """Item representations the user vector is scored against."""
 
     def score(self, user: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """user [B, d]; items None -> [B, num_items]; items [B, K] ids -> [B, K]."""

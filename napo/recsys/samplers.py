@@ -21,6 +21,7 @@ in-batch + uniform pool).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 import torch
@@ -28,7 +29,7 @@ import torch
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class NegativeSampler:
+class NegativeSampler(abc.ABC):
     name = "base"
 
     def __init__(self, num_items: int, train_counts=None, *, alpha: float = 0.75,
@@ -76,9 +77,10 @@ class NegativeSampler:
         return neg
 
     # -- API ---------------------------------------------------------------------------------
+    @abc.abstractmethod
     def sample(self, targets: torch.Tensor, seq: torch.Tensor, num_negatives: int,
                score_fn: ScoreFn | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """[B, num_negatives] negative item ids for each row (fresh on every call)."""
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the {self.name} sampler has no closed-form proposal for logQ correction")
