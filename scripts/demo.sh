@@ -7,6 +7,7 @@
 # Every step writes into $DEMO_DIR (default runs/demo); the table goes to $DEMO_DIR/report.md.
 # DEMO_EVAL_EXAMPLES test examples, a seeded sample, are evaluated for every method (the same rows).
 set -euo pipefail
+declare -A names
 PY=${PY:-.venv/bin/python}
 DEMO_DIR=${DEMO_DIR:-runs/demo}
 DEMO_SEED=${DEMO_SEED:-42}
@@ -33,13 +34,15 @@ step "4/7 SFT (full fine-tune of the tiny model)"
 "$PY" recipes/sft.py --config recipes/configs/ml-100k/sft-tiny.yaml --dataset_dir "$D/data" \
     --model_name_or_path "$D/tiny-model" --output_dir "$D/sft" --seed "$DEMO_SEED"
 
-step "5/7 DPO, S-DPO and NAPO from the SFT adapter, same budget"
-for method in dpo sdpo napo; do
+step "5/7 DPO, S-DPO, NAPO (reuse: the paper) and NAPO (rescore: exact pool) from SFT, same budget"
+for run in dpo sdpo napo napo-rescore; do
+    method=${run%-rescore}
     extra=()
     [ "$method" = napo ] && extra=(--aux_dir "$D/sasrec/aux")
+    [ "$run" = napo-rescore ] && extra+=(--share_mode rescore)
     "$PY" recipes/napo.py --config "recipes/configs/ml-100k/$method-tiny.yaml" \
         --dataset_dir "$D/data" --model_name_or_path "$D/tiny-model" --sft_adapter "$D/sft" \
-        --output_dir "$D/$method" --seed "$DEMO_SEED" "${extra[@]}"
+        --output_dir "$D/$run" --seed "$DEMO_SEED" "${extra[@]}"
 done
 
 step "6/7 evaluation on $DEMO_EVAL_EXAMPLES test examples"
@@ -50,14 +53,14 @@ common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES
 # The SFT output is the fine-tuned tiny model; DPO / S-DPO / NAPO are LoRA adapters on top of it.
 "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" "${common[@]}" --mode both --batch_size 32 \
     --output_dir "$D/eval/sft" --name SFT
-for method in dpo sdpo napo; do
-    "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" --adapter "$D/$method" \
-        "${common[@]}" --mode both --batch_size 32 --output_dir "$D/eval/$method" \
-        --name "$(echo "$method" | tr a-z A-Z | sed 's/SDPO/S-DPO/')"
+names=([dpo]=DPO [sdpo]=S-DPO [napo]="NAPO (reuse)" [napo-rescore]="NAPO (rescore)")
+for run in dpo sdpo napo napo-rescore; do
+    "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" --adapter "$D/$run" \
+        "${common[@]}" --mode both --batch_size 32 --output_dir "$D/eval/$run" --name "${names[$run]}"
 done
 
 step "7/7 comparison"
 "$PY" recipes/evaluate.py --compare "$D/eval/popularity" "$D/eval/sasrec" "$D/eval/sft" \
-    "$D/eval/dpo" "$D/eval/sdpo" "$D/eval/napo" --output "$D/report.md"
-cat "$D/report.md"
+    "$D/eval/dpo" "$D/eval/sdpo" "$D/eval/napo" "$D/eval/napo-rescore" --output "$D/report.md"
+"$PY" scripts/demo_notes.py "$D" "$(( $(date +%s) - start ))" >> "$D/report.md"
 step "done: $D/report.md"
