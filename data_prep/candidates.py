@@ -146,12 +146,7 @@ def llara_candidates(hist_offsets, hist_values, target, catalogue, num_candidate
                      quiet: bool = False) -> np.ndarray:
     """LLaRA candidates `[N, C]` for all examples at once (chunked internally)."""
     sampler = LlaraSampler(catalogue, num_candidates, max_history)
-    n = len(target)
-    out = np.empty((n, num_candidates), dtype=np.int64)
-    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=quiet):
-        stop = min(start + chunk, n)
-        out[start:stop] = sampler(hist_offsets[start:stop + 1], hist_values, target[start:stop], desc)
-    return out
+    return _draw_in_chunks(sampler, hist_offsets, hist_values, target, num_candidates, chunk, desc, quiet)
 
 
 def _draw_distinct(rng: np.random.Generator, pool_size: np.ndarray, k: int,
@@ -238,6 +233,12 @@ def numpy_candidates(hist_offsets, hist_values, target, catalogue, num_candidate
                      chunk: int = 200_000, desc: str = "candidates", quiet: bool = False) -> np.ndarray:
     """`uniform` / `popularity` candidates `[N, C]` for all examples at once."""
     sampler = NumpySampler(catalogue, num_candidates, max_history, seed, weights)
+    return _draw_in_chunks(sampler, hist_offsets, hist_values, target, num_candidates, chunk, desc, quiet)
+
+
+def _draw_in_chunks(sampler, hist_offsets, hist_values, target, num_candidates: int, chunk: int,
+                    desc: str, quiet: bool) -> np.ndarray:
+    """Run `sampler` over the examples in chunks of `chunk` rows (bounded memory): `[N, C]`."""
     n = len(target)
     out = np.empty((n, num_candidates), dtype=np.int64)
     for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=quiet):
