@@ -142,13 +142,17 @@ def main(argv=None):
         raise
     from napo.eval.runner import process_state
 
-    if process_state().is_main_process:
+    state = process_state()
+    if state.is_main_process:
         summary = []
         for section in ("rank", "generate"):
             sec = metrics.get(section) or {}
             keys = ("hr@1", "hr@10", "ndcg@10", "mrr") if section == "rank" else ("hr@1", "valid_ratio", "hr@1_valid")
             summary += [f"{section} {k}={sec[k]:.4f}" for k in keys if sec.get(k) is not None]
         print(f"{metrics['num_examples']} examples: " + ", ".join(summary) + f" -> {args.output_dir}")
+    # Leaving a gloo/NCCL group alive until interpreter exit aborts a worker now and then
+    # ("terminate called without an active exception", exit -6) after all work is done.
+    state.destroy_process_group()
     return 0
 
 

@@ -307,6 +307,7 @@ TWO_PROC_SCRIPT = textwrap.dedent("""
         weights = [p.detach().double().sum().item() for n, p in sorted(trainer.model.named_parameters())
                    if p.requires_grad]
         json.dump({"losses": losses, "weights": weights}, open(out + "/result.json", "w"))
+    trainer.end()  # destroy the process group: a live one may abort a worker at exit
 """)
 
 
