@@ -14,8 +14,6 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_prep.prepared import load_prepared
-from napo.models.synthetic import synthetic_prepared
-from napo.models.tiny import build_tiny_from_data
 from napo.recsys.aux import write_aux
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,15 +30,13 @@ def recipe_main(argv):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_item_tokens):
     """Prepared data, tiny model, an SFT adapter on it and auxiliary outputs for every split."""
+    data_dir, model_dir = tiny_item_tokens
     root = tmp_path_factory.mktemp("napo_recipe")
-    data_dir = synthetic_prepared(root / "data", num_items=40, rows=(16, 8, 8), num_candidates=8,
-                                  item_format="token", seed=0)
-    dataset, items, meta = load_prepared(data_dir)
-    model_dir = root / "model"
-    build_tiny_from_data(dataset, items, model_dir, hidden_size=32, num_layers=2, num_heads=2,
-                         vocab_size=300, item_tokens=True, seed=0)
+    (root / "data").symlink_to(data_dir, target_is_directory=True)
+    (root / "model").symlink_to(model_dir, target_is_directory=True)
+    dataset, _, meta = load_prepared(data_dir)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     sft = PeftModel(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],

@@ -22,8 +22,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from data_prep.prepared import load_prepared
 from napo.collator import add_aux_columns
 from napo.config import NAPOConfig, NAPOConfigError
-from napo.models.synthetic import synthetic_prepared
-from napo.models.tiny import build_tiny_from_data
 from napo.trainer import NAPOTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,15 +29,10 @@ LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_pr
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_item_tokens):
     """(model dir, DatasetDict with aux columns) built once for the module."""
-    root = tmp_path_factory.mktemp("napo_tiny")
-    data_dir = synthetic_prepared(root / "data", num_items=40, rows=(16, 8, 8), num_candidates=8,
-                                  item_format="token", seed=0)
-    dataset, items, _ = load_prepared(data_dir)
-    model_dir = root / "model"
-    build_tiny_from_data(dataset, items, model_dir, hidden_size=32, num_layers=2, num_heads=2,
-                         vocab_size=300, item_tokens=True, seed=0)
+    data_dir, model_dir = tiny_item_tokens
+    dataset, _, _ = load_prepared(data_dir)
     gen = torch.Generator().manual_seed(0)
     for split in list(dataset):
         n = len(dataset[split])
@@ -289,8 +282,10 @@ TWO_PROC_SCRIPT = textwrap.dedent("""
     from napo.config import NAPOConfig
     from napo.trainer import NAPOTrainer
 
-    model_dir, data_dir, out, per_device, share_mode = sys.argv[1:6]
-    args = NAPOConfig(output_dir=out, loss_type="napo", aux_dir="unused", share_mode=share_mode,
+    model_dir, data_dir, out, per_device, mode = sys.argv[1:6]
+    # mode: a NAPO share_mode ("reuse", "rescore"), or "sdpo" (no sharing; reference = adapter off)
+    method = dict(loss_type="sdpo") if mode == "sdpo" else dict(loss_type="napo", aux_dir="unused", share_mode=mode)
+    args = NAPOConfig(output_dir=out, **method,
                       per_device_train_batch_size=int(per_device), max_steps=2, learning_rate=5e-2,
                       optim="sgd", lr_scheduler_type="constant", logging_steps=1, report_to="none",
                       bf16=False, gradient_checkpointing=False, save_strategy="no", use_cpu=True,
@@ -311,14 +306,14 @@ TWO_PROC_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_two_proc_case(tmp_path, tiny, processes, share_mode):
+def _run_two_proc_case(tmp_path, tiny, processes, mode):
     model_dir, dataset = tiny
     data_dir = tmp_path / "train8"
     if not data_dir.exists():
         dataset["train"].select(range(8)).save_to_disk(str(data_dir))
     script = tmp_path / "two_proc.py"
     script.write_text(TWO_PROC_SCRIPT)
-    out = tmp_path / f"out{processes}-{share_mode}"
+    out = tmp_path / f"out{processes}-{mode}"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
     per_device = str(8 // processes)
@@ -328,19 +323,20 @@ def _run_two_proc_case(tmp_path, tiny, processes, share_mode):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no",
                "--main_process_port", str(29500 + os.getpid() % 1000), str(script)]
-    cmd += [str(model_dir), str(data_dir), str(out), per_device, share_mode]
+    cmd += [str(model_dir), str(data_dir), str(out), per_device, mode]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "result.json").read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("share_mode", ["reuse", "rescore"])
-def test_two_processes_match_one_process(tmp_path, tiny, share_mode):
+@pytest.mark.parametrize("mode", ["reuse", "rescore", "sdpo"])
+def test_two_processes_match_one_process(tmp_path, tiny, mode):
     """Global batch 8 = 2 processes x 4 or 1 x 8: same losses over two SGD steps (so the same
-    gradients, including those of negatives shared across processes) and the same weights."""
-    one = _run_two_proc_case(tmp_path, tiny, 1, share_mode)
-    two = _run_two_proc_case(tmp_path, tiny, 2, share_mode)
+    gradients, including those of negatives shared across processes, and S-DPO's reference pass
+    with the adapter switched off inside DDP) and the same weights."""
+    one = _run_two_proc_case(tmp_path, tiny, 1, mode)
+    two = _run_two_proc_case(tmp_path, tiny, 2, mode)
     assert len(one["losses"]) == 2
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert two["weights"] == pytest.approx(one["weights"], abs=1e-4)
