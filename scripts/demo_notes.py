@@ -26,7 +26,7 @@ def main(demo_dir: str, wall_seconds: str) -> None:
         "",
         "## How these numbers were made",
         "",
-        f"- Data: MovieLens-100K (`python -m data_prep --dataset ml-100k --item-format token`), "
+        "- Data: MovieLens-100K (`python -m data_prep --dataset ml-100k --item-format token`), "
         "users split 8:1:1, sliding windows of at most 10 items, 20 candidates per example "
         "(the target + 19 uniformly drawn items, LLaRA protocol). Items appear in prompts as one "
         "token each (`<item_ID>`), so that a tiny model can learn in minutes.",
@@ -62,7 +62,8 @@ def main(demo_dir: str, wall_seconds: str) -> None:
         lines.append(
             f"- SASRec (also NAPO's auxiliary model): {cfg.get('num_blocks')} blocks, hidden {cfg.get('hidden')}, "
             f"loss {cfg.get('loss')}, early stopping on valid {cfg.get('select_metric')}, "
-            f"{sasrec.get('train/epochs')} epochs in {sasrec.get('train/fit_seconds', 0):.0f} s "
+            f"{sasrec.get('train/epochs')} epochs (at most {cfg.get('max_epochs')}) in "
+            f"{sasrec.get('train/fit_seconds', 0):.0f} s "
             f"(best epoch {sasrec.get('train/best_epoch')}). Popularity = training counts."
         )
     seed = sft.get("training", {}).get("seed") if sft else None

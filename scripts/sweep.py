@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"point": "baseline", "settings": {"model": args.baseline},
                      **evaluate(args.baseline, out / "baseline-eval", args)})
     for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values))
+        point = dict(zip(grid, values, strict=True))
         name = point_name(point)
         run_dir = out / name
         start = time.time()

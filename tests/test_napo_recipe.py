@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from peft import LoraConfig, PeftModel
+from scripts_loader import load_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_prep.prepared import load_prepared
@@ -21,12 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def recipe_main(argv):
     """Run recipes/napo.py's main in this process (the file name would shadow the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("napo_recipe", REPO / "recipes" / "napo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return load_script("recipes/napo.py").main(argv)
 
 
 @pytest.fixture(scope="module")

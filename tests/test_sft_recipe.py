@@ -1,23 +1,18 @@
 """recipes/sft.py end to end on the offline tiny model with LoRA (a few steps, seconds)."""
 
-import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from scripts_loader import load_script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft.py"
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("sft_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/sft.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,14 @@
 """scripts/sweep.py: a grid of recipe runs, ranked on valid, resumable; test is refused."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from scripts_loader import load_script
 
 
 def sweep_module():
-    spec = importlib.util.spec_from_file_location("sweep_script", REPO / "scripts" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/sweep.py")
 
 
 def test_grid_parsing_and_names():

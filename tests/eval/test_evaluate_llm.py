@@ -1,7 +1,6 @@
 """The evaluator on a real prepared dataset and a tiny LLM: rank/generate agreement, scoring
 options, classic recommenders through the recipe, and 1- vs 2-process runs."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scripts_loader import load_script
 
 from napo.eval.generate import GreedyGenerator, greedy_config, left_pad
 from napo.eval.metrics import ranking_metrics
@@ -22,10 +22,7 @@ RECIPE = REPO / "recipes" / "evaluate.py"
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("evaluate_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/evaluate.py")
 
 
 def _load(model_dir):

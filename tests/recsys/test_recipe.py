@@ -1,12 +1,12 @@
 """End-to-end: recipes/sasrec.py on the tiny cycle dataset; aux rows match a direct forward pass."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scripts_loader import load_script
 
 from data_prep.prepared import load_prepared
 from napo.recsys.aux import load_aux
@@ -16,10 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("sasrec_recipe", ROOT / "recipes" / "sasrec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/sasrec.py")
 
 
 @pytest.fixture(scope="module")
