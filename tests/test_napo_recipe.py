@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import load_script
 from peft import LoraConfig, PeftModel
-from scripts_loader import load_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_prep.prepared import load_prepared

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from scripts_loader import load_script
+from helpers import load_script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import yaml
-from scripts_loader import load_script
+from helpers import load_script
 
 
 def sweep_module():

@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_launch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -324,7 +324,7 @@ def _run_two_proc_case(tmp_path, tiny, processes, mode):
                "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no",
                "--main_process_port", str(29500 + os.getpid() % 1000), str(script)]
     cmd += [str(model_dir), str(data_dir), str(out), per_device, mode]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = run_launch(cmd, env=env, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "result.json").read_text())
 

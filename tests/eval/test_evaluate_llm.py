@@ -3,14 +3,13 @@ options, classic recommenders through the recipe, and 1- vs 2-process runs."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from scripts_loader import load_script
+from helpers import load_script, run_launch
 
 from napo.eval.generate import GreedyGenerator, greedy_config, left_pad
 from napo.eval.metrics import ranking_metrics
@@ -170,7 +169,7 @@ def test_recipe_errors_are_one_line(tiny_dataset_dir, tmp_path, capsys):
 def _run(cmd, env_extra=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            **(env_extra or {})}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_launch(cmd, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

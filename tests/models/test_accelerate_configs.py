@@ -2,11 +2,11 @@
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_launch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
 EXPECTED = {
@@ -41,10 +41,8 @@ def test_cpu_2proc_runs_two_ranks(tmp_path):
     script.write_text(PROBE)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     launcher = Path(sys.executable).with_name("accelerate")
-    result = subprocess.run(
-        [str(launcher), "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"), str(script)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_launch([str(launcher), "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"), str(script)],
+                        env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     # The two workers share one stdout pipe, so their lines may interleave: match, don't split.
     lines = sorted(re.findall(r"rank \d+ of \d+ \w+ sum [\d.]+", result.stdout))

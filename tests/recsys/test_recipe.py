@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scripts_loader import load_script
+from helpers import load_script
 
 from data_prep.prepared import load_prepared
 from napo.recsys.aux import load_aux
