@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 _WORDS = ("Star", "Night", "River", "Golden", "Ghost", "City", "Blue", "Island", "Dream", "Heat",
           "Love", "Red", "Man", "Day", "Wave", "Stone", "Winter", "Fire", "Silent", "Lost")
 

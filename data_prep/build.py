@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import hashlib
 import importlib.metadata
-import json
 import os
 import shutil
 import sys
@@ -28,13 +27,10 @@ from tqdm.auto import tqdm
 from data_prep import candidates as cand
 from data_prep import prompts, sequences
 from data_prep.errors import DataPrepError
-from data_prep.prepared import fingerprint
+from data_prep.prepared import COLUMNS, FORMAT_VERSION, SPLITS, fingerprint
 from data_prep.sources import Examples, SourceData, load_source
-from data_prep.writer import SplitWriter, write_dataset_dict_json
+from data_prep.writer import SplitWriter, write_dataset_dict_json, write_items, write_meta
 
-FORMAT_VERSION = 1
-COLUMNS = ("user_id", "history", "target", "candidates", "prompt", "chosen", "rejected")
-SPLITS = sequences.SPLITS
 # Arguments that change nothing in the output; they stay out of meta.json and its fingerprint.
 _NOT_CONTENT = {"output_dir", "overwrite", "quiet"}
 CHUNK_ROWS = 200_000
@@ -286,14 +282,10 @@ def atomic_dir(out: Path):
 def write_side_files(tmp: Path, items: pd.DataFrame, counts: np.ndarray, meta: dict,
                      src: SourceData, args) -> None:
     """items.jsonl, meta.json, id maps and run.json."""
-    with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-        for item_id, title, count in zip(items["item_id"].tolist(), items["title"].tolist(),
-                                         counts.tolist(), strict=True):
-            f.write(json.dumps({"item_id": item_id, "title": title, "train_count": count},
-                               ensure_ascii=False) + "\n")
+    write_items(tmp, items["item_id"].tolist(), items["title"].tolist(), counts.tolist())
     for name, table in src.extra_tables.items():
         table.to_csv(tmp / f"{name}.csv", index=False)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(tmp, meta)
     try:
         from napo.utils import write_run_info
     except ImportError:  # data_prep works without the napo package

@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from data_prep.errors import DataPrepError
 
@@ -141,14 +140,6 @@ class LlaraSampler:
         return np.take_along_axis(unshuffled, self.perm[tpos].astype(np.int64), axis=1)
 
 
-def llara_candidates(hist_offsets, hist_values, target, catalogue, num_candidates: int,
-                     max_history: int, chunk: int = 200_000, desc: str = "candidates",
-                     quiet: bool = False) -> np.ndarray:
-    """LLaRA candidates `[N, C]` for all examples at once (chunked internally)."""
-    sampler = LlaraSampler(catalogue, num_candidates, max_history)
-    return _draw_in_chunks(sampler, hist_offsets, hist_values, target, num_candidates, chunk, desc, quiet)
-
-
 def _draw_distinct(rng: np.random.Generator, pool_size: np.ndarray, k: int,
                    weights_cdf: np.ndarray | None, ex: np.ndarray) -> np.ndarray:
     """Draw k distinct pool positions per row, redrawing only the clashing entries.
@@ -226,22 +217,3 @@ class NumpySampler:
         order = np.where(order < slot[:, None], order, order - 1)
         order[np.arange(n), slot] = k
         return np.take_along_axis(rows, order, axis=1)
-
-
-def numpy_candidates(hist_offsets, hist_values, target, catalogue, num_candidates: int,
-                     max_history: int, seed, weights: np.ndarray | None = None,
-                     chunk: int = 200_000, desc: str = "candidates", quiet: bool = False) -> np.ndarray:
-    """`uniform` / `popularity` candidates `[N, C]` for all examples at once."""
-    sampler = NumpySampler(catalogue, num_candidates, max_history, seed, weights)
-    return _draw_in_chunks(sampler, hist_offsets, hist_values, target, num_candidates, chunk, desc, quiet)
-
-
-def _draw_in_chunks(sampler, hist_offsets, hist_values, target, num_candidates: int, chunk: int,
-                    desc: str, quiet: bool) -> np.ndarray:
-    """Run `sampler` over the examples in chunks of `chunk` rows (bounded memory): `[N, C]`."""
-    n = len(target)
-    out = np.empty((n, num_candidates), dtype=np.int64)
-    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=quiet):
-        stop = min(start + chunk, n)
-        out[start:stop] = sampler(hist_offsets[start:stop + 1], hist_values, target[start:stop], desc)
-    return out

@@ -7,13 +7,19 @@ import json
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
+from data_prep.errors import UserError
+
+# The contract, defined once (docs/contracts.md section 1); every reader and writer imports it.
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("user_id", "history", "target", "candidates", "prompt", "chosen", "rejected")
+FORMAT_VERSION = 1
 META_KEYS = ("format_version", "dataset", "domain", "num_candidates", "item_format", "args",
              "counts", "sources", "package_version", "fingerprint")
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
 
 
 def fingerprint(meta: dict) -> str:
@@ -22,8 +28,16 @@ def fingerprint(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-class PreparedDataError(Exception):
+class PreparedDataError(UserError):
     """A missing or mismatched prepared dataset directory (one-line message)."""
+
+
+def train_counts(items: pd.DataFrame) -> np.ndarray:
+    """int64 [max item id + 1] training interaction counts, indexed by item id (0 where absent)."""
+    ids = np.asarray(items["item_id"], dtype=np.int64)
+    counts = np.zeros(int(ids.max()) + 1 if len(ids) else 0, dtype=np.int64)
+    counts[ids] = np.asarray(items["train_count"], dtype=np.int64)
+    return counts
 
 
 def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame, dict]:
@@ -67,6 +81,14 @@ def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame,
         absent = [c for c in COLUMNS if c not in cols]
         if absent:
             raise PreparedDataError(f"{root}/{split}: column '{absent[0]}' missing; prepare the data again")
+        if dd[split].num_rows:
+            widths = pc.list_value_length(dd[split].data.column("candidates"))
+            low, high = pc.min(widths).as_py(), pc.max(widths).as_py()
+            if low != meta["num_candidates"] or high != meta["num_candidates"]:
+                raise PreparedDataError(
+                    f"{root}/{split}: candidate lists of {low}..{high} items but meta.json says "
+                    f"{meta['num_candidates']}; the directory was modified, prepare the data again"
+                )
         want = meta["counts"]["splits"][split]["examples"]
         if dd[split].num_rows != want:
             raise PreparedDataError(

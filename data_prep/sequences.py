@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import DataPrepError
+from data_prep.prepared import SPLITS
 from data_prep.sources import Examples
 
-SPLITS = ("train", "valid", "test")
 SPLIT_METHODS = ("user", "loo", "time")
 
 

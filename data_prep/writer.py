@@ -16,7 +16,9 @@ import datasets
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
-FEATURES = datasets.Features({
+from data_prep.prepared import COLUMNS
+
+_TYPES = {
     "user_id": datasets.Value("int64"),
     "history": datasets.List(datasets.Value("int64")),
     "target": datasets.Value("int64"),
@@ -24,7 +26,8 @@ FEATURES = datasets.Features({
     "prompt": datasets.Value("string"),
     "chosen": datasets.Value("string"),
     "rejected": datasets.List(datasets.Value("string")),
-})
+}
+FEATURES = datasets.Features({name: _TYPES[name] for name in COLUMNS})  # the contract's order
 DATA_FILE = "data-00000-of-00001.arrow"
 
 
@@ -63,3 +66,16 @@ class SplitWriter:
 
 def write_dataset_dict_json(folder: Path, splits: list[str]) -> None:
     (folder / "dataset_dict.json").write_text(json.dumps({"splits": splits}))
+
+
+def write_items(folder: Path, item_ids, titles, train_counts) -> None:
+    """items.jsonl: one `{"item_id", "title", "train_count"}` line per catalogue item."""
+    with open(folder / "items.jsonl", "w", encoding="utf-8") as f:
+        for item_id, title, count in zip(item_ids, titles, train_counts, strict=True):
+            f.write(json.dumps({"item_id": int(item_id), "title": title, "train_count": int(count)},
+                               ensure_ascii=False) + "\n")
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    """meta.json (sorted keys, the fingerprint already inside)."""
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -89,7 +89,7 @@ def tokenize_preference_dataset(dataset, tokenizer, *, max_prompt_length: int | 
 
 
 def add_aux_columns(dataset, user_vectors: torch.Tensor, candidate_scores: torch.Tensor):
-    """Join auxiliary recommender outputs (``napo.recsys.aux.load_aux``) to a prepared split.
+    """Join auxiliary recommender outputs (``napo.auxiliary.load_aux``) to a prepared split.
 
     Args:
         user_vectors: [N, d] float, row i = row i of the split.
@@ -102,7 +102,7 @@ def add_aux_columns(dataset, user_vectors: torch.Tensor, candidate_scores: torch
     if user_vectors.shape[0] != n or candidate_scores.shape[0] != n:
         raise ValueError(
             f"auxiliary outputs have {user_vectors.shape[0]} / {candidate_scores.shape[0]} rows but the "
-            f"split has {n}; rebuild them with recipes/sasrec.py on this prepared dataset"
+            f"split has {n}; rebuild them with recipes/recsys.py on this prepared dataset"
         )
     vectors = user_vectors.float().numpy()
     scores = candidate_scores.float().numpy()

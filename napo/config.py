@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from data_prep.errors import UserError
+
 LOSS_TYPES = ("dpo", "sdpo", "napo")
 REFERENCES = ("adapter", "precomputed", "none")
 
 
-class NAPOConfigError(ValueError):
+class NAPOConfigError(UserError):
     """A one-line, user-facing problem with the preference-training settings."""
 
 
@@ -173,7 +175,7 @@ class NAPOConfig(DPOConfig):
     aux_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Directory of the auxiliary recommender outputs (OUT/aux of recipes/sasrec.py): "
+            "help": "Directory of the auxiliary recommender outputs (OUT/aux of recipes/recsys.py): "
             "user vectors for sharing and candidate scores for the margin."
         },
     )
@@ -263,18 +265,25 @@ class NAPOConfig(DPOConfig):
             )
             fail(
                 f"{needs} need the auxiliary recommender outputs: set aux_dir (OUT/aux of "
-                "recipes/sasrec.py), or set share_negatives false and margin_alpha 0"
+                "recipes/recsys.py), or set share_negatives false and margin_alpha 0"
             )
         if self.share_negatives and self.share_mode == "rescore" and self.reference == "precomputed":
             fail(
                 "share_mode 'rescore' scores shared negatives under the example's own prompt, which has "
                 "no precomputed reference: use reference 'adapter' or share_mode 'reuse'"
             )
+        if self.napo_mode == "faithful" and self.loss_type != "napo":
+            fail(f"napo_mode 'faithful' reproduces the NAPO reference code: it needs loss_type 'napo', got {self.loss_type!r}")
         if self.negative_sampling == "resample" and self.dataloader_persistent_workers:
             fail(
                 "negative_sampling 'resample' draws negatives in the collator each epoch, which persistent "
                 "dataloader workers would not see: set dataloader_persistent_workers false"
             )
+
+    @property
+    def detach_negatives(self) -> bool:
+        """napo_mode 'faithful': every negative's log-prob is detached, as in the reference code."""
+        return self.napo_mode == "faithful"
 
 
 @dataclass
@@ -291,3 +300,24 @@ class AdapterArguments:
         },
     )
 
+
+
+@dataclass
+class DatasetArguments:
+    """Which prepared dataset an LLM script trains on (docs/contracts.md)."""
+
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "Prepared dataset directory (output of `python -m data_prep`)."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_split: str = field(default="valid", metadata={"help": "Split used for evaluation during training."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows (None: all)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N evaluation rows (None: all)."}
+    )
+
+    def __post_init__(self):
+        if self.dataset_dir is None:
+            raise UserError("dataset_dir is not set: add `dataset_dir: DIR` to the config or pass --dataset_dir")

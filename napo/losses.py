@@ -114,19 +114,6 @@ class PreferenceRewards(NamedTuple):
         beaten = (self.chosen.unsqueeze(-1) > self.rejected) | ~self.mask  # [B, K]
         return beaten.all(-1).to(self.chosen.dtype)
 
-    def metrics(self, prefix: str = "rewards/") -> dict[str, Tensor]:
-        """Batch means as 0-d tensors under TRL's keys (chosen, rejected, margins, accuracies).
-
-        rewards/rejected is the mean over all real negatives of the batch (not a mean of row means).
-        """
-        rejected = (self.rejected * self.mask).sum() / self.mask.sum().clamp(min=1)
-        return {
-            f"{prefix}chosen": self.chosen.mean(),
-            f"{prefix}rejected": rejected,
-            f"{prefix}margins": self.margins.mean(),
-            f"{prefix}accuracies": self.accuracies.mean(),
-        }
-
 
 @torch.no_grad()
 def preference_rewards(

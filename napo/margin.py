@@ -65,7 +65,6 @@ class DynamicMargin:
         self.training = True
         self.ema = 0.0  # raw exponential average of the global M_t (python float, float64)
         self.steps = 0  # number of updates so far
-        self.last_m_t: float | None = None  # for logging
 
     def train(self, mode: bool = True) -> DynamicMargin:
         self.training = mode
@@ -122,7 +121,6 @@ class DynamicMargin:
         if (training or self.faithful) and m_t is not None:
             self.ema = self.momentum * self.ema + (1.0 - self.momentum) * m_t
             self.steps += 1
-        self.last_m_t = m_t
         return gamma.to(device=neg_scores.device, dtype=neg_scores.dtype)
 
     def state_dict(self) -> dict:

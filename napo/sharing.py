@@ -1,4 +1,4 @@
-"""NAPO's in-batch negative sharing: each example borrows the negatives of its most similar peers.
+"""NAPO's negative pool: each example's own negatives, plus its most similar peers' when sharing.
 
 In a global batch of N examples (all processes; rank r holds global rows r*B .. r*B+B-1), example
 n takes the K negatives of its S = floor(rho * (N - 1)) most similar OTHER examples (dot or
@@ -6,13 +6,19 @@ cosine of the auxiliary user vectors; ties go to the lower row index). Its pool 
 negatives, then the partners' S * K in partner order. A shared item is masked out when it equals
 the example's own positive or an item already in the pool (own or an earlier partner's).
 
-Two ways to score the pool:
-- ``share_negatives`` (the paper's "reuse"): shared log-probs are the partner's, computed under
-  the partner's prompt. Mode ``corrected`` keeps gradients (own and same-process negatives
-  directly; other processes' through a differentiable all-gather, or detached with
-  ``cross_rank_grad=False``); mode ``faithful`` detaches every negative as the reference code.
-- ``gather_pool_ids`` ("rescore"): only the pool's item ids and mask, so the trainer can score the
-  borrowed items under the example's own prompt.
+``build_pool`` is the one place the pool is assembled, for the three ``share_mode`` values:
+- ``none``: the own K negatives;
+- ``reuse`` (the paper's shortcut, no extra compute): shared log-probs are the partner's, computed
+  under the PARTNER's prompt (``share_negatives``); with gradients kept, pushing them down moves
+  the partner's context, not the example's;
+- ``rescore``: the pool's item ids are chosen before the forward (``gather_pool_ids``), the
+  borrowed items are appended to the example's own completions (``rescore_batch``) and scored
+  under its own prompt in the same pass.
+
+The detach rule, stated once: with ``detach_negatives`` (the reference code's behaviour) every
+pooled negative log-prob is detached, so only the positive is trained; otherwise own and
+same-process negatives keep their gradients, and negatives borrowed from other processes get
+theirs through a differentiable all-gather (``differentiable_gather``) or are detached.
 
 Call these on every process in the same order: they run collectives when torch.distributed is
 initialized with more than one process.
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SIMILARITIES = ("dot", "cosine")
-MODES = ("corrected", "faithful")
+SHARE_MODES = ("none", "reuse", "rescore")
 
 
 @dataclass
@@ -47,6 +53,11 @@ class NegativePool:
     partners: Tensor
     logps: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def num_own(self) -> int:
+        """K: the first K slots of every row are the example's own negatives."""
+        return int((~self.shared[0]).sum()) if self.shared.numel() else 0
 
 
 def num_partners(n: int, ratio: float) -> int:
@@ -197,8 +208,8 @@ def share_negatives(
     *,
     ratio: float,
     similarity: str = "dot",
-    mode: str = "corrected",
-    cross_rank_grad: bool = True,
+    detach: bool = False,
+    differentiable_gather: bool = True,
     exclude_collisions: bool = True,
     extras: dict[str, Tensor] | None = None,
 ) -> NegativePool:
@@ -208,17 +219,15 @@ def share_negatives(
         rejected_logps: [B, K] the own negatives' log-probs (policy, with grad).
         rejected_ids, rejected_mask, chosen_ids, user_vectors, ratio, similarity,
             exclude_collisions: as in ``gather_pool_ids``.
-        mode: "corrected" (gradients kept) or "faithful" (every negative detached).
-        cross_rank_grad: in "corrected" mode, route gradients of negatives borrowed from other
-            processes back to their owner (differentiable all-gather) instead of detaching them.
+        detach: detach every negative (the reference code); otherwise gradients are kept.
+        differentiable_gather: without ``detach``, route gradients of negatives borrowed from
+            other processes back to their owner instead of detaching them.
         extras: name -> [B, K] per-negative tensors to pool alike (e.g. aux scores, reference
             log-probs); gathered without gradient.
     Returns:
         NegativePool with logps [B, P] and extras [B, P] filled. With DDP's gradient averaging,
         each process's mean loss over its rows yields the gradient of the global-batch mean.
     """
-    if mode not in MODES:
-        raise ValueError(f"napo mode must be one of {MODES}, got {mode!r}")
     pool = gather_pool_ids(
         rejected_ids,
         rejected_mask,
@@ -230,13 +239,111 @@ def share_negatives(
         extras=extras,
     )
     if pool.partners.shape[1] == 0:  # nothing to borrow (S = 0): skip the collectives
-        pool.logps = rejected_logps.detach() if mode == "faithful" else rejected_logps
+        pool.logps = rejected_logps.detach() if detach else rejected_logps
         return pool
-    if mode == "faithful":
+    if detach:
         own = rejected_logps.detach()
         global_logps = _gather(rejected_logps)
     else:
         own = rejected_logps
-        global_logps = _gather(rejected_logps, keep_local_grad=True, differentiable=cross_rank_grad)
+        global_logps = _gather(rejected_logps, keep_local_grad=True, differentiable=differentiable_gather)
     pool.logps = _pool(global_logps, own, pool.partners)  # [B, P]
+    return pool
+
+
+def rescore_batch(listwise: list[dict], pool: NegativePool, item_completions: dict[int, list[int]],
+                  pad_token_id: int, layout: str) -> tuple[dict, Tensor]:
+    """Own completions + the pool's borrowed items, collated under each example's own prompt.
+
+    Args:
+        listwise: per example {"prompt_ids", "completion_ids": chosen then the K own negatives}.
+        pool: from ``gather_pool_ids`` (ids [B, P], mask [B, P]; the first K slots are own).
+        item_completions: item id -> completion token ids.
+    Returns:
+        (the collated batch, ``slot`` [B, P] long: the batch column holding each pool slot's
+        completion, -1 for masked slots).
+    """
+    from napo.scoring import append_completions, collate_listwise
+
+    num_own = pool.num_own
+    slot = torch.full_like(pool.ids, -1)
+    own_real = pool.mask[:, :num_own]
+    slot[:, :num_own] = torch.where(own_real, torch.arange(1, num_own + 1, device=pool.ids.device), -1)
+    ids, mask = pool.ids.tolist(), pool.mask.tolist()
+    extra = []
+    for b, example in enumerate(listwise):
+        borrowed = []
+        for j in range(num_own, len(ids[b])):
+            if mask[b][j]:
+                slot[b, j] = len(example["completion_ids"]) + len(borrowed)
+                borrowed.append(item_completions[ids[b][j]])
+        extra.append(borrowed)
+    batch = collate_listwise(append_completions(listwise, extra), pad_token_id, layout)
+    return batch, slot
+
+
+def build_pool(
+    share_mode: str,
+    logps: Tensor,
+    ref_logps: Tensor | None,
+    item_ids: Tensor,
+    own_mask: Tensor,
+    *,
+    aux_scores: Tensor | None = None,
+    user_vectors: Tensor | None = None,
+    planned: NegativePool | None = None,
+    slot: Tensor | None = None,
+    ratio: float = 0.7,
+    similarity: str = "dot",
+    detach_negatives: bool = False,
+    differentiable_gather: bool = True,
+) -> NegativePool:
+    """Each example's negative pool with policy (and reference) log-probs and auxiliary scores.
+
+    Args:
+        share_mode: "none", "reuse" or "rescore" (module docstring).
+        logps: [B, M] log-probs of the scored batch's completions (column 0 = chosen); with
+            rescore, the batch of ``rescore_batch``.
+        ref_logps: [B, M] reference log-probs of the same columns, or None (reference-free).
+        item_ids: [B, 1+K] item ids of the own completions; own_mask: [B, K] real own negatives.
+        aux_scores: [B, K] auxiliary scores of the own negatives, or None.
+        user_vectors: [B, d] auxiliary user vectors (reuse).
+        planned, slot: rescore only: ``gather_pool_ids``'s pool and ``rescore_batch``'s slot.
+    Returns:
+        NegativePool: logps [B, P]; extras "ref" [B, P] (when ref_logps) and "aux" [B, P] (when
+        aux_scores); ids, mask, shared, partners.
+    """
+    if share_mode not in SHARE_MODES:
+        raise ValueError(f"share_mode must be one of {SHARE_MODES}, got {share_mode!r}")
+    extras = {}
+    if aux_scores is not None:
+        extras["aux"] = aux_scores
+    if share_mode == "rescore":
+        if planned is None or slot is None:
+            raise ValueError("share_mode 'rescore' needs the planned pool and slots of rescore_batch")
+        pool = planned
+        index = slot.clamp(min=0)  # masked slots read column 0 and are never used
+        pool.logps = logps.gather(1, index)
+        if ref_logps is not None:
+            pool.extras["ref"] = ref_logps.gather(1, index)
+    elif share_mode == "reuse":
+        if ref_logps is not None:
+            extras["ref"] = ref_logps[:, 1:]
+        pool = share_negatives(
+            logps[:, 1:], item_ids[:, 1:], own_mask, item_ids[:, 0], user_vectors,
+            ratio=ratio, similarity=similarity, detach=detach_negatives,
+            differentiable_gather=differentiable_gather, extras=extras,
+        )
+    else:
+        if ref_logps is not None:
+            extras["ref"] = ref_logps[:, 1:]
+        b, k = own_mask.shape
+        pool = NegativePool(
+            ids=item_ids[:, 1:], mask=own_mask.to(torch.bool),
+            shared=torch.zeros_like(own_mask, dtype=torch.bool),
+            partners=torch.zeros(b, 0, dtype=torch.long, device=own_mask.device),
+            logps=logps[:, 1:], extras={n: v.detach() for n, v in extras.items()},
+        )
+    if detach_negatives:
+        pool.logps = pool.logps.detach()
     return pool

@@ -44,8 +44,8 @@ from napo.collator import (
 from napo.config import NAPOConfig
 from napo.losses import listwise_preference_loss, preference_rewards
 from napo.margin import DynamicMargin
-from napo.scoring import append_completions, collate_listwise, completion_logps
-from napo.sharing import gather_pool_ids, share_negatives
+from napo.scoring import completion_logps
+from napo.sharing import build_pool, gather_pool_ids, rescore_batch
 
 MARGIN_STATE_FILE = "napo_margin.json"
 
@@ -134,7 +134,7 @@ class NAPOTrainer(DPOTrainer):
             tokenizer.pad_token = tokenizer.eos_token
         self.margin = None
         self._item_completions: dict[int, list[int]] = {}
-        self._rescore = bool(args.share_negatives and args.share_mode == "rescore")
+        self.share_mode = args.share_mode if args.share_negatives else "none"
         if data_collator is None:
             data_collator = ListwiseCollator(
                 pad_token_id=tokenizer.pad_token_id,
@@ -142,7 +142,7 @@ class NAPOTrainer(DPOTrainer):
                 layout=args.scoring,
                 negative_sampling=args.negative_sampling,
                 seed=args.seed,
-                keep_token_ids=self._rescore,
+                keep_token_ids=self.share_mode == "rescore",
             )
 
         # DPOTrainer loads a second model as reference unless the policy is a PeftModel or the
@@ -275,137 +275,92 @@ class NAPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ the objective
 
-    def _rescore_batch(self, inputs, pool) -> tuple[dict, torch.Tensor]:
-        """Own completions + borrowed items (real pool slots) re-collated under each own prompt.
-
-        Returns the new batch and ``pool_slot`` [B, P] long: the batch column holding each pool
-        slot's completion (-1 for masked slots).
-        """
-        listwise = inputs["listwise"]
-        num_own = inputs["completion_mask"].shape[1] - 1  # K
-        pool_slot = torch.full_like(pool.ids, -1)
-        own_real = inputs["completion_mask"][:, 1:]
-        pool_slot[:, :num_own] = torch.where(own_real, torch.arange(1, num_own + 1, device=pool.ids.device), -1)
-        ids, mask = pool.ids.tolist(), pool.mask.tolist()
-        extra = []
-        for b, example in enumerate(listwise):
-            borrowed = []
-            for j in range(num_own, len(ids[b])):
-                if mask[b][j]:
-                    pool_slot[b, j] = len(example["completion_ids"]) + len(borrowed)
-                    borrowed.append(self._item_completions[ids[b][j]])
-            extra.append(borrowed)
-        extended = append_completions(listwise, extra)
-        batch = collate_listwise(extended, self._tokenizer.pad_token_id, self.args.scoring)
-        batch = self._prepare_inputs(batch)
-        return batch, pool_slot
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean listwise loss of the local batch (DDP's gradient averaging makes it the global mean).
 
-        scores [B, 1+K] (one packed or naive forward) -> reference scores (adapter off / "ref"
-        adapter, or precomputed) -> negative pool [B, P] (own K, plus the partners' when sharing:
-        reused log-probs, or borrowed items scored under the own prompt with ``rescore``) ->
-        gamma_t (dynamic margin) -> ``listwise_preference_loss``.
+        score (one packed or naive forward; with ``rescore`` the borrowed items are appended to
+        each example's completions first) -> reference (adapter off / "ref" adapter, or
+        precomputed) -> negative pool (``napo.sharing.build_pool``) -> gamma_t (dynamic margin)
+        -> ``listwise_preference_loss``.
         """
         args = self.args
         mode = "train" if self.model.training else "eval"
         item_ids = inputs["item_ids"]  # [B, 1+K]
         own_mask = inputs["completion_mask"][:, 1:]  # [B, K]
-        num_own = own_mask.shape[1]
         aux_scores = inputs.get(AUX_SCORES)  # [B, 1+K] or None
-        pool = None
-        extras = {}
-        if aux_scores is not None:
-            extras["aux"] = aux_scores[:, 1:]
+        own_aux = aux_scores[:, 1:] if aux_scores is not None else None
 
-        batch = inputs
-        if self._rescore:
-            # Partners are chosen from the aux vectors before any forward, so that the borrowed
-            # items can be scored under the example's own prompt in the same pass.
-            pool = gather_pool_ids(
+        # Score. With rescore the partners are chosen from the aux vectors before the forward, so
+        # that the borrowed items are scored under the example's own prompt in the same pass.
+        batch, planned, slot = inputs, None, None
+        if self.share_mode == "rescore":
+            planned = gather_pool_ids(
                 item_ids[:, 1:], own_mask, item_ids[:, 0], inputs[AUX_VECTOR],
-                ratio=args.share_ratio, similarity=args.similarity, extras=extras,
+                ratio=args.share_ratio, similarity=args.similarity,
+                extras={"aux": own_aux} if own_aux is not None else None,
             )
-            batch, pool_slot = self._rescore_batch(inputs, pool)
-
+            batch, slot = rescore_batch(inputs["listwise"], planned, self._item_completions,
+                                        self._tokenizer.pad_token_id, args.scoring)
+            batch = self._prepare_inputs(batch)
         logps, _ = completion_logps(model, batch, length_normalize=args.length_normalize)  # [B, M]
+
+        # Reference
         ref = None
         if args.reference == "adapter":
             ref = self._reference_logps(model, batch)
         elif args.reference == "precomputed":
             ref = inputs[REF_LOGPS]
+
+        # Pool, margin, loss
+        pool = build_pool(
+            self.share_mode, logps, ref, item_ids, own_mask, aux_scores=own_aux,
+            user_vectors=inputs.get(AUX_VECTOR), planned=planned, slot=slot,
+            ratio=args.share_ratio, similarity=args.similarity,
+            detach_negatives=args.detach_negatives, differentiable_gather=args.differentiable_gather,
+        )
         chosen, ref_chosen = logps[:, 0], (ref[:, 0] if ref is not None else None)
-
-        if self._rescore:
-            index = pool_slot.clamp(min=0)
-            rejected = logps.gather(1, index)  # [B, P]; masked slots hold slot 0, never used
-            if args.napo_mode == "faithful":
-                rejected = rejected.detach()
-            ref_rejected = ref.gather(1, index) if ref is not None else None
-            rejected_mask = pool.mask
-        elif args.share_negatives:
-            if ref is not None:
-                extras["ref"] = ref[:, 1:]
-            pool = share_negatives(
-                logps[:, 1:], item_ids[:, 1:], own_mask, item_ids[:, 0], inputs[AUX_VECTOR],
-                ratio=args.share_ratio, similarity=args.similarity, mode=args.napo_mode,
-                cross_rank_grad=args.differentiable_gather, extras=extras,
-            )
-            rejected, rejected_mask = pool.logps, pool.mask
-            ref_rejected = pool.extras.get("ref")
-        else:
-            rejected, rejected_mask = logps[:, 1:], own_mask
-            if args.napo_mode == "faithful" and args.loss_type == "napo":
-                rejected = rejected.detach()
-            ref_rejected = ref[:, 1:] if ref is not None else None
-
-        gamma = self._margin(aux_scores, own_mask, pool, rejected_mask, training=self.model.training)
+        gamma = self._margin(own_aux, own_mask, pool, training=self.model.training)
         losses = listwise_preference_loss(
-            chosen, rejected, ref_chosen, ref_rejected, beta=args.beta, margin=gamma, rejected_mask=rejected_mask
+            chosen, pool.logps, ref_chosen, pool.extras.get("ref"), beta=args.beta, margin=gamma,
+            rejected_mask=pool.mask,
         )  # [B]
         loss = losses.mean()
 
-        self._record_metrics(mode, chosen, rejected, ref_chosen, ref_rejected, rejected_mask, gamma, pool, num_own)
+        self._record_metrics(mode, chosen, ref_chosen, pool, gamma)
         if return_outputs:
             return loss, {"losses": losses.detach()}
         return loss
 
-    def _margin(self, aux_scores, own_mask, pool, pool_mask, *, training: bool):
+    def _margin(self, own_aux, own_mask, pool, *, training: bool):
         """gamma_t: 0-d, [B], or 0.0 without a margin. Called on every process (a collective)."""
         if self.margin is None:
             return 0.0
-        if self.args.margin_alpha == 0.0 or aux_scores is None:
+        if self.args.margin_alpha == 0.0 or own_aux is None:
             return torch.tensor(self.args.gamma0, device=self.accelerator.device)
-        if self.args.margin_mode == "user" and pool is not None:
-            scores, mask = pool.extras["aux"], pool_mask  # each example's own pool
-        else:
-            scores, mask = aux_scores[:, 1:], own_mask  # every negative of the batch once
-        return self.margin(scores, mask, training=training)
+        if self.args.margin_mode == "user":
+            return self.margin(pool.extras["aux"], pool.mask, training=training)  # each example's pool
+        return self.margin(own_aux, own_mask, training=training)  # every negative of the batch once
 
-    def _record_metrics(self, mode, chosen, rejected, ref_chosen, ref_rejected, mask, gamma, pool, num_own):
+    def _record_metrics(self, mode, chosen, ref_chosen, pool, gamma):
+        """Batch metrics under TRL's keys, each a mean over the GLOBAL batch (one gathered path)."""
         rewards = preference_rewards(
-            chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, beta=self.args.beta, rejected_mask=mask
+            chosen.detach(), pool.logps.detach(), ref_chosen, pool.extras.get("ref"), beta=self.args.beta,
+            rejected_mask=pool.mask,
         )
-        gather = self.accelerator.gather
         maskf = rewards.mask.float()
-        stats = {
+        gamma_rows = gamma.detach().float().expand_as(chosen) if torch.is_tensor(gamma) else torch.full_like(chosen, gamma)
+        stats = {  # key: (per-row value, per-row weight or None for a plain mean)
             "rewards/chosen": (rewards.chosen, None),
             "rewards/rejected": ((rewards.rejected * maskf).sum(-1), maskf.sum(-1)),
             "rewards/margins": (rewards.margins, None),
             "rewards/accuracies": (rewards.accuracies, None),
             "logps/chosen": (chosen.detach(), None),
-            "logps/rejected": ((torch.where(rewards.mask, rejected.detach(), 0.0)).sum(-1), maskf.sum(-1)),
+            "logps/rejected": (torch.where(rewards.mask, pool.logps.detach(), 0.0).sum(-1), maskf.sum(-1)),
             "napo/pool_size": (maskf.sum(-1), None),
+            "napo/shared_fraction": ((pool.shared & rewards.mask).float().sum(-1), maskf.sum(-1)),
+            "napo/gamma": (gamma_rows, None),
         }
-        shared = torch.zeros_like(maskf)
-        if pool is not None:
-            shared = (pool.shared & rewards.mask).float()
-        stats["napo/shared_fraction"] = (shared.sum(-1), maskf.sum(-1))
-        if torch.is_tensor(gamma):
-            stats["napo/gamma"] = (gamma.detach().float().expand_as(chosen), None)
-        else:
-            stats["napo/gamma"] = (torch.full_like(chosen, float(gamma)), None)
+        gather = self.accelerator.gather
         for key, (value, weight) in stats.items():
             value = gather(value.float().contiguous())
             if weight is None:

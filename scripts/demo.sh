@@ -23,7 +23,7 @@ step "1/7 data_prep: MovieLens-100K, 20-candidate protocol, items as <item_ID> t
     --output-dir "$D/data" --overwrite
 
 step "2/7 auxiliary SASRec (NAPO's user vectors and negative scores; also a comparator)"
-"$PY" recipes/sasrec.py --config recipes/configs/ml-100k/sasrec.yaml --dataset_dir "$D/data" \
+"$PY" recipes/recsys.py --config recipes/configs/ml-100k/sasrec.yaml --dataset_dir "$D/data" \
     --output_dir "$D/sasrec" --max_epochs 12 --seed "$DEMO_SEED"  # an epoch cap, not a clock: reproducible
 
 step "3/7 tiny Llama-architecture model + tokenizer trained on the prepared data"

@@ -26,7 +26,7 @@ def tiny_item_tokens(tmp_path_factory):
     8 candidates) and a random-init Llama (hidden 32, 2 layers) whose tokenizer was trained on it.
     Built once per session; the trainer and recipe tests add what they need on top."""
     from data_prep.prepared import load_prepared
-    from napo.models.synthetic import synthetic_prepared
+    from data_prep.synthetic import synthetic_prepared
     from napo.models.tiny import build_tiny_from_data
 
     root = tmp_path_factory.mktemp("tiny_item_tokens")

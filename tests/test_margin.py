@@ -25,7 +25,7 @@ def test_scripted_sequence_batch_mode():
     assert margin.m_bar == pytest.approx(0.58 / 0.19)
     # step 3: gamma = 1 - 0.3 * (1 - 0.58 / 0.19)
     assert margin(batch_with_mean(1.0)).item() == pytest.approx(1 - 0.3 * (1 - 0.58 / 0.19))
-    assert margin.steps == 3 and margin.last_m_t == pytest.approx(1.0)
+    assert margin.steps == 3
 
 
 def test_bias_correction_first_step():

@@ -1,23 +1,23 @@
 """recipes/sft.py end to end on the offline tiny model with LoRA (a few steps, seconds)."""
 
+import importlib
 import json
 import math
 import os
 
 import pytest
 import torch
-from helpers import load_script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _recipe():
-    return load_script("recipes/sft.py")
+    return importlib.import_module("napo.scripts.sft")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from napo.models.synthetic import synthetic_prepared
+    from data_prep.synthetic import synthetic_prepared
     from napo.models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("sft")

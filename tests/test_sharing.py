@@ -8,7 +8,14 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from napo.losses import listwise_preference_loss
-from napo.sharing import gather_pool_ids, num_partners, select_partners, share_negatives
+from napo.sharing import (
+    build_pool,
+    gather_pool_ids,
+    num_partners,
+    rescore_batch,
+    select_partners,
+    share_negatives,
+)
 
 
 def test_num_partners():
@@ -124,9 +131,9 @@ def _loss_and_grads(batch, **kwargs):
     return loss.detach(), chosen.grad, zeros if rejected.grad is None else rejected.grad, pool
 
 
-def test_corrected_keeps_gradients_faithful_detaches():
+def test_gradients_kept_unless_detached():
     batch = _batch()
-    _, g_chosen, g_rej, pool = _loss_and_grads(batch, mode="corrected")
+    _, g_chosen, g_rej, pool = _loss_and_grads(batch)
     assert g_rej.abs().sum() > 0 and g_chosen.abs().sum() > 0
     assert pool.logps.shape == (8, 3 * (1 + 4)) and pool.extras["aux"].shape == (8, 15)
     # own slots are the own tensors; shared slots the partners' (their log-probs and aux scores)
@@ -134,13 +141,11 @@ def test_corrected_keeps_gradients_faithful_detaches():
     p = pool.partners[:, 0]
     torch.testing.assert_close(pool.logps[:, 3:6].detach(), batch["rejected_logps"][p])
     torch.testing.assert_close(pool.extras["aux"][:, 3:6], batch["aux_scores"][p])
-    loss_f, g_chosen_f, g_rej_f, _ = _loss_and_grads(batch, mode="faithful")
+    loss_f, g_chosen_f, g_rej_f, _ = _loss_and_grads(batch, detach=True)
     assert (g_rej_f == 0).all() and g_chosen_f.abs().sum() > 0
     # same value in both modes: only the gradient differs
-    loss_c, *_ = _loss_and_grads(batch, mode="corrected")
+    loss_c, *_ = _loss_and_grads(batch)
     torch.testing.assert_close(loss_f, loss_c)
-    with pytest.raises(ValueError, match="napo mode"):
-        _loss_and_grads(batch, mode="exact")
 
 
 def test_pool_matches_brute_force_loss():
@@ -196,9 +201,9 @@ def _worker(rank, port, out_dir):
         local = {k: v[rows] for k, v in _batch().items()}
         out = {}
         for name, kwargs in {
-            "corrected": {"mode": "corrected"},
-            "detached": {"mode": "corrected", "cross_rank_grad": False},
-            "faithful": {"mode": "faithful"},
+            "corrected": {},
+            "detached": {"differentiable_gather": False},
+            "faithful": {"detach": True},
         }.items():
             loss, g_chosen, g_rej, pool = _loss_and_grads(local, **kwargs)
             out.update({f"{name}/loss": loss.reshape(1), f"{name}/g_chosen": g_chosen})
@@ -220,7 +225,7 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
     cat = lambda key: torch.cat([r[key] for r in ranks])  # noqa: E731
 
-    loss, g_chosen, g_rej, pool = _loss_and_grads(_batch(), mode="corrected")
+    loss, g_chosen, g_rej, pool = _loss_and_grads(_batch())
     for name in ("corrected", "detached", "faithful"):
         # DDP averages gradients over processes, so the global-mean loss is the mean of the
         # per-process means and its gradient is each process's gradient / WORLD.
@@ -233,3 +238,63 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     # without the differentiable gather, negatives borrowed across processes get no gradient
     assert not torch.allclose(cat("detached/g_rejected") / WORLD, g_rej, atol=1e-5)
     assert (cat("faithful/g_rejected") == 0).all()
+
+
+def _prompt_free_scores(ids: torch.Tensor) -> torch.Tensor:
+    """A stand-in for a model whose log-prob of an item does not depend on the prompt."""
+    return -1.0 - 0.1 * ids.to(torch.float64)
+
+
+def test_build_pool_modes_agree_when_scores_ignore_the_prompt():
+    """none / reuse / rescore assemble the same pool; with prompt-free scores their log-probs agree,
+    and each pool slot of rescore reads the batch column that holds its item."""
+    batch = _batch(n=6, k=2, seed=5)
+    n, k = batch["rejected_ids"].shape
+    item_ids = torch.cat([batch["chosen_ids"][:, None], batch["rejected_ids"]], 1)  # [B, 1+K]
+    own_mask, users, aux = batch["rejected_mask"], batch["user_vectors"], batch["aux_scores"]
+    logps = _prompt_free_scores(item_ids)
+    ref = logps * 0.5
+
+    none = build_pool("none", logps, ref, item_ids, own_mask, aux_scores=aux)
+    assert torch.equal(none.ids, batch["rejected_ids"]) and torch.equal(none.mask, own_mask)
+    assert torch.equal(none.extras["ref"], ref[:, 1:]) and torch.equal(none.extras["aux"], aux)
+    assert none.partners.shape == (n, 0) and not none.shared.any()
+
+    reuse = build_pool("reuse", logps, ref, item_ids, own_mask, aux_scores=aux, user_vectors=users, ratio=0.7)
+    planned = gather_pool_ids(batch["rejected_ids"], own_mask, batch["chosen_ids"], users, ratio=0.7,
+                              extras={"aux": aux})
+    completions = {i: [100 + i] for i in range(12)}
+    listwise = [{"prompt_ids": [1, 2, 3], "completion_ids": [[100 + int(i)] for i in row]} for row in item_ids]
+    scored, slot = rescore_batch(listwise, planned, completions, pad_token_id=0, layout="naive")
+    # the extended batch's completion m of row b is the token 100 + item: recover the item ids
+    width = scored["completion_mask"].shape[1]
+    column_items = torch.full((n, width), -1)
+    for b, example in enumerate(listwise):
+        column_items[b, : len(example["completion_ids"])] = item_ids[b]
+    for b in range(n):
+        for j in range(planned.ids.shape[1]):
+            if planned.mask[b, j] and j >= k:
+                column_items[b, slot[b, j]] = planned.ids[b, j]
+    assert ((slot >= 0) == planned.mask).all() and scored["completion_mask"].sum() == n * (1 + k) + (planned.mask & planned.shared).sum()
+    rescored_logps = _prompt_free_scores(column_items)
+    rescore = build_pool("rescore", rescored_logps, rescored_logps * 0.5, item_ids, own_mask,
+                         planned=planned, slot=slot)
+    for pool in (reuse, rescore):
+        assert torch.equal(pool.ids, planned.ids) and torch.equal(pool.mask, planned.mask)
+        real = pool.mask
+        torch.testing.assert_close(pool.logps[real], _prompt_free_scores(pool.ids)[real])
+        torch.testing.assert_close(pool.extras["ref"][real], 0.5 * _prompt_free_scores(pool.ids)[real])
+        torch.testing.assert_close(pool.extras["aux"], planned.extras["aux"])
+
+
+def test_build_pool_detaches_only_when_asked():
+    batch = _batch(n=4, k=2, seed=6)
+    item_ids = torch.cat([batch["chosen_ids"][:, None], batch["rejected_ids"]], 1)
+    logps = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for mode in ("none", "reuse"):
+        kept = build_pool(mode, logps, None, item_ids, batch["rejected_mask"], user_vectors=batch["user_vectors"])
+        cut = build_pool(mode, logps, None, item_ids, batch["rejected_mask"], user_vectors=batch["user_vectors"],
+                         detach_negatives=True)
+        assert kept.logps.requires_grad and not cut.logps.requires_grad
+    with pytest.raises(ValueError, match="share_mode"):
+        build_pool("everyone", logps, None, item_ids, batch["rejected_mask"])

@@ -62,10 +62,6 @@ class SourceData:
 DOMAINS = ("movie", "music", "book", "game", "generic")
 
 
-def dataset_names() -> tuple[str, ...]:
-    return tuple(_loaders())
-
-
 def _loaders():
     from data_prep.sources import interactions, lastfm, llara, movielens, seqtxt
 

@@ -16,11 +16,10 @@ import pyarrow.json as pajson
 
 from data_prep.errors import DataPrepError
 from data_prep.fetch import file_digest
+from data_prep.prepared import SPLITS
 from data_prep.sources import Examples, SourceData, unique_titles
 from data_prep.sources.interactions import dedupe_items
 from data_prep.sources.tables import check_ids, check_utf8, normalize_ids, read_table, require_file
-
-SPLITS = ("train", "valid", "test")
 
 
 def load_llara(args: argparse.Namespace) -> SourceData:

@@ -15,10 +15,9 @@ import pandas as pd
 
 from data_prep.errors import DataPrepError
 from data_prep.fetch import file_digest
+from data_prep.prepared import SPLITS
 from data_prep.sources import Examples, SourceData
 from data_prep.sources.tables import check_utf8, require_file
-
-SPLITS = ("train", "valid", "test")
 
 
 def _parse(path: Path) -> tuple[np.ndarray, np.ndarray]:

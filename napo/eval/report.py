@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.errors import UserError
 from napo.eval.metrics import BAND_NAMES
 
 
-class EvalOutputError(ValueError):
+class EvalOutputError(UserError):
     """A run directory that cannot be read (one clear line)."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from data_prep.errors import UserError
 
-class RowError(ValueError):
+
+class RowError(UserError):
     """A dataset row that does not follow the prepared-dataset contract."""
 
 

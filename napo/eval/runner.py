@@ -7,8 +7,9 @@ same examples whatever P is (so padding, and the float results, do not depend on
 gathered outputs come back in dataset order. Metrics are computed from the gathered outputs, so
 one process and P processes give identical metrics.
 
-    evaluate(model, tokenizer, dataset_dir, split, mode, output_dir)      # an LLM
-    evaluate(None, None, dataset_dir, split, "rank", output_dir, scorer=PopularityScorer(...))
+    rows, items, meta = load_split(args.dataset_dir, args.split, args.max_examples, args.sample_seed)
+    evaluate(args, rows, items, meta, model=model, tokenizer=tokenizer)    # an LLM
+    evaluate(args, rows, items, meta, scorer=PopularityScorer(...))        # any CandidateScorer
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from data_prep.prepared import train_counts
+from napo.eval.config import EvalArguments, EvalError
 from napo.eval.metrics import DEFAULT_KS
 from napo.eval.report import write_metrics, write_predictions, write_report
 from napo.eval.results import POP_KS, generate_results, mode_agreement, rank_results
 from napo.eval.rows import batch_candidate_titles, target_indices
 
-MODES = ("rank", "generate", "both")
 _COLUMNS = ("user_id", "target", "candidates", "prompt", "chosen", "rejected")
-
-
-class EvalError(ValueError):
-    """A one-line, user-facing problem with the evaluation inputs."""
 
 
 def process_state():
@@ -45,28 +44,14 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not has_accelerator)
 
 
-def modes_of(mode: str) -> list[str]:
-    if mode not in MODES:
-        raise EvalError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
-    return ["rank", "generate"] if mode == "both" else [mode]
-
-
 def shard_bounds(num_rows: int, batch_size: int, num_processes: int, process_index: int) -> tuple[int, int]:
     """Rows [start, end) of one process: a contiguous block of whole batches."""
     if batch_size < 1:
-        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
+        raise EvalError(f"batch_size must be >= 1, got {batch_size}")
     num_batches = math.ceil(num_rows / batch_size)
     first = num_batches * process_index // num_processes
     last = num_batches * (process_index + 1) // num_processes
     return min(first * batch_size, num_rows), min(last * batch_size, num_rows)
-
-
-def train_counts_array(items) -> np.ndarray:
-    """[max item id + 1] training counts from the items table (item_id, train_count)."""
-    ids = np.asarray(items["item_id"], dtype=np.int64)
-    counts = np.zeros(int(ids.max()) + 1 if len(ids) else 0, dtype=np.int64)
-    counts[ids] = np.asarray(items["train_count"], dtype=np.int64)
-    return counts
 
 
 def _run_batches(fn: Callable, rows, start: int, end: int, batch_size: int, desc: str,
@@ -193,7 +178,7 @@ def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | N
         raise EvalError(f"{dataset_dir}/{split}: missing column(s) {', '.join(missing)}; re-run data_prep")
     if max_examples is not None:
         if max_examples < 1:
-            raise EvalError(f"--max_examples must be >= 1, got {max_examples}")
+            raise EvalError(f"max_examples must be >= 1, got {max_examples}")
         if sample_seed is not None and max_examples < len(rows):
             rng = np.random.default_rng(sample_seed)
             keep = np.sort(rng.choice(len(rows), size=max_examples, replace=False)).tolist()
@@ -208,45 +193,30 @@ def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | N
 
 
 def evaluate(
+    args: EvalArguments,
+    rows,
+    items,
+    meta: dict,
+    *,
     model=None,
     tokenizer=None,
-    dataset_dir: str | os.PathLike = "",
-    split: str = "test",
-    mode: str = "rank",
-    output_dir: str | os.PathLike | None = None,
-    *,
     scorer: Callable | None = None,
     generator: Callable | None = None,
-    batch_size: int = 8,
-    max_examples: int | None = None,
-    sample_seed: int | None = None,
-    length_normalize: bool = False,
-    layout: str = "packed",
-    max_new_tokens: int = 20,
-    containment: str = "word",
-    completion_prefix: str = "",
-    max_prompt_length: int | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    name: str | None = None,
     model_name: str | None = None,
-    config: dict | None = None,
-    seed: int = 0,
-    show_progress: bool = True,
+    ks: Sequence[int] = DEFAULT_KS,
 ) -> dict:
-    """Evaluate a causal LM (or an injected scorer / generator) on one split of a prepared dataset.
+    """Evaluate a causal LM (or an injected scorer / generator) on rows of a prepared split.
 
-    mode: "rank" (log-likelihood ranking of the candidates), "generate" (greedy decoding and
-    title matching) or "both". With `model` and `tokenizer`, the LLM scorer / generator are built
-    here (`LikelihoodScorer(layout, length_normalize)`, `GreedyGenerator(max_new_tokens)`);
-    an injected `scorer` / `generator` replaces them (non-LLM recommenders, tests).
-    `name` is the run's row name in comparisons (default: the output directory's name);
-    `model_name` describes the model in the report (default: the model's name_or_path).
+    ``rows, items, meta`` come from :func:`load_split`. ``args.mode``: "rank" (log-likelihood
+    ranking of the candidates), "generate" (greedy decoding and title matching) or "both". With
+    ``model`` and ``tokenizer`` the LLM scorer / generator are built here from ``args``
+    (``LikelihoodScorer``, ``GreedyGenerator``); an injected ``scorer`` / ``generator`` replaces
+    them (classic recommenders, tests). ``model_name`` describes the model in the report.
 
     Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/report.md, OUT/plots/*.png and
-    OUT/run.json (main process only) and returns the metrics dict.
+    OUT/run.json (main process only) when ``args.output_dir`` is set; returns the metrics dict.
     """
-    wanted = modes_of(mode)
-    rows, items, meta = load_split(dataset_dir, split, max_examples, sample_seed)
+    wanted = args.modes
     if model is not None and not getattr(model, "hf_device_map", None):
         model.to(process_state().device)  # each process scores its shard on its own device
     if "rank" in wanted and scorer is None:
@@ -254,52 +224,49 @@ def evaluate(
             raise EvalError("mode rank needs a model (or an injected scorer)")
         from napo.eval.rank import LikelihoodScorer
 
-        scorer = LikelihoodScorer(model, tokenizer, layout=layout, length_normalize=length_normalize,
-                                  completion_prefix=completion_prefix, max_prompt_length=max_prompt_length)
+        scorer = LikelihoodScorer(model, tokenizer, layout=args.scoring, length_normalize=args.length_normalize,
+                                  completion_prefix=args.completion_prefix,
+                                  max_prompt_length=args.max_prompt_length)
     if "generate" in wanted and generator is None:
         if model is None:
             raise EvalError("mode generate needs a model (or an injected generator)")
         from napo.eval.generate import GreedyGenerator
 
-        generator = GreedyGenerator(model, tokenizer, max_new_tokens=max_new_tokens,
-                                    completion_prefix=completion_prefix, max_prompt_length=max_prompt_length)
+        generator = GreedyGenerator(model, tokenizer, max_new_tokens=args.max_new_tokens,
+                                    completion_prefix=args.completion_prefix,
+                                    max_prompt_length=args.max_prompt_length)
     if "rank" not in wanted:
         scorer = None
     if "generate" not in wanted:
         generator = None
+    output_dir = args.output_dir
     scorer_name = getattr(scorer, "name", None) or (type(scorer).__name__ if scorer is not None else None)
     info = {
-        "name": name or (Path(output_dir).name if output_dir is not None else "run"),
+        "name": args.name or (Path(output_dir).name if output_dir is not None else "run"),
         "dataset": meta.get("dataset"),
-        "dataset_dir": str(dataset_dir),
+        "dataset_dir": str(args.dataset_dir),
         "dataset_fingerprint": meta.get("fingerprint"),
         "item_format": meta.get("item_format"),
-        "split": split,
+        "split": args.split,
         "scorer": scorer_name if scorer is not None else type(generator).__name__,
         "model": model_name or (getattr(getattr(model, "config", None), "name_or_path", None) or None),
     }
     if scorer is not None and hasattr(scorer, "layout"):
         info["rank_settings"] = {"layout": scorer.layout, "length_normalize": scorer.length_normalize}
     if generator is not None:
-        info["containment"] = containment
+        info["containment"] = args.containment
         if hasattr(generator, "generation_config"):
             info["generation_config"] = generator.generation_config.to_diff_dict()
-    metrics = evaluate_rows(rows, train_counts_array(items), output_dir, scorer=scorer, generator=generator,
-                            batch_size=batch_size, ks=ks, containment=containment, info=info,
-                            show_progress=show_progress)
+    metrics = evaluate_rows(rows, train_counts(items), output_dir, scorer=scorer, generator=generator,
+                            batch_size=args.batch_size, ks=ks, containment=args.containment, info=info,
+                            show_progress=not args.no_progress)
     if output_dir is not None:
         state = process_state()
         if state.is_main_process:
             from napo.utils import write_run_info
 
-            run_config = {
-                "dataset_dir": str(dataset_dir), "split": split, "mode": mode, "batch_size": batch_size,
-                "max_examples": max_examples, "sample_seed": sample_seed, "length_normalize": length_normalize, "layout": layout,
-                "max_new_tokens": max_new_tokens, "containment": containment,
-                "completion_prefix": completion_prefix,
-                "max_prompt_length": max_prompt_length, "ks": list(ks), "num_processes": state.num_processes,
-                **info, **(config or {}),
-            }
-            write_run_info(output_dir, run_config, seed)
+            settings = {k: v for k, v in asdict(args).items() if k not in ("compare", "output", "names")}
+            write_run_info(output_dir, {**settings, "ks": list(ks), "num_processes": state.num_processes, **info},
+                           args.seed)
         state.wait_for_everyone()
     return metrics

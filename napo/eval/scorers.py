@@ -77,18 +77,18 @@ class PrecomputedScorer:
 
 def popularity_scorer(items) -> PopularityScorer:
     """Popularity from a prepared dataset's items table (item_id, train_count)."""
-    from napo.eval.runner import train_counts_array
+    from data_prep.prepared import train_counts
 
-    return PopularityScorer(train_counts_array(items))
+    return PopularityScorer(train_counts(items))
 
 
 def aux_scorer(aux_dir, split: str, meta: dict) -> PrecomputedScorer:
-    """The auxiliary recommender's raw candidate logits (recipes/sasrec.py output, contracts.md §2)
+    """The auxiliary recommender's raw candidate logits (recipes/recsys.py output, contracts.md §2)
     as a scorer for `split`; the fingerprint and row count are checked by `load_aux`."""
     import json
     from pathlib import Path
 
-    from napo.recsys.aux import load_aux
+    from napo.auxiliary import load_aux
 
     _, candidate_scores = load_aux(aux_dir, split, meta)
     model = json.loads((Path(aux_dir) / "meta.json").read_text()).get("model") or "aux"

@@ -19,10 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import UserError
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A one-line, user-facing model or tokenizer loading problem."""
 
 
@@ -158,4 +160,28 @@ def load_model_and_tokenizer(
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_for_evaluation(args: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) for evaluation (``napo.eval.config.EvalArguments``): the base model, with
+    ``args.adapter`` applied (and merged into the weights unless the base is 4-bit: same numbers,
+    faster forward). The tokenizer saved beside the adapter wins, as it is the one training used."""
+    from types import SimpleNamespace
+
+    from trl import ModelConfig
+
+    model_args = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype,
+                             attn_implementation=args.attn_implementation, load_in_4bit=args.load_in_4bit)
+    model, tokenizer = load_model_and_tokenizer(model_args, SimpleNamespace(trust_remote_code=args.trust_remote_code))
+    if args.adapter:
+        from peft import PeftModel
+
+        if not is_adapter_dir(args.adapter):
+            raise ModelLoadError(f"{args.adapter}: no adapter_config.json; give the output_dir of a LoRA run")
+        if (Path(args.adapter) / "tokenizer_config.json").is_file():
+            tokenizer = load_tokenizer(args.adapter)
+        model = PeftModel.from_pretrained(model, args.adapter)
+        if not args.load_in_4bit:
+            model = model.merge_and_unload()
     return model, tokenizer

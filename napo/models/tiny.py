@@ -36,6 +36,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import UserError
+from data_prep.prompts import item_token
+
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
@@ -49,17 +52,8 @@ _ITEM_TOKEN_RE = re.compile(r"<item_\d+>")
 _SAMPLE_ROWS = 2000
 
 
-class TinyModelError(ValueError):
+class TinyModelError(UserError):
     """A one-line, user-facing problem with the inputs of the tiny-model builder."""
-
-
-def item_token(item_id: int) -> str:
-    """The added token of one item, ``<item_{id}>`` (delegates to data_prep when available)."""
-    try:
-        from data_prep.prompts import item_token as _data_prep_item_token
-    except ImportError:  # data_prep without the helper: same format as the contract
-        return f"<item_{int(item_id)}>"
-    return _data_prep_item_token(int(item_id))
 
 
 def _sample_rows(split: Any, limit: int) -> Any:

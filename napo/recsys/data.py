@@ -103,14 +103,13 @@ def load_dataset_dir(path, max_len: int) -> tuple[dict[str, SeqSplit], int, np.n
     Returns ({"train", "valid", "test"} -> SeqSplit, num_items, train_counts int64 [num_items],
     meta). Raises data_prep.prepared.PreparedDataError on a bad directory.
     """
-    from data_prep.prepared import load_prepared  # local: napo.recsys works without it for arrays
+    from data_prep.prepared import SPLITS, load_prepared, train_counts
 
     dd, items, meta = load_prepared(path)
-    num_items = int(items["item_id"].max()) + 1 if len(items) else 0
-    counts = np.zeros(num_items, dtype=np.int64)
-    counts[items["item_id"].to_numpy()] = items["train_count"].to_numpy()
+    counts = train_counts(items)
+    num_items = len(counts)
     splits = {}
-    for name in ("train", "valid", "test"):
+    for name in SPLITS:
         ds = dd[name].select_columns(["history", "target", "candidates"])
         splits[name] = split_from_rows(ds.to_dict(), max_len)
     return splits, num_items, counts, meta

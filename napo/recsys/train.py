@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from data_prep.errors import UserError
 from napo.eval.metrics import (
     full_ranks,
     metrics_from_ranks,
@@ -33,8 +34,12 @@ from napo.eval.metrics import (
 )
 from napo.recsys.data import SeqSplit
 from napo.recsys.losses import LOSSES, bce_loss, full_ce_loss, sampled_softmax_loss
-from napo.recsys.models import SeqRecommender, build_model
+from napo.recsys.models import MODELS, SeqRecommender, build_model
 from napo.recsys.samplers import build_sampler
+
+
+class RecConfigError(UserError):
+    """A one-line problem with a recommender run's settings."""
 
 
 @dataclass
@@ -69,18 +74,36 @@ class RecConfig:
     seed: int = field(default=42, metadata={"help": "random seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
 
+    def __post_init__(self):
+        if self.select_protocol not in ("auto", "candidates", "full"):
+            raise RecConfigError(f"select_protocol must be auto, candidates or full, got {self.select_protocol!r}")
+        if self.loss not in LOSSES:
+            raise RecConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.model not in MODELS:
+            raise RecConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+
     @classmethod
     def from_dict(cls, values: dict) -> RecConfig:
+        """A config from a mapping (a checkpoint's config.json); unknown keys are an error."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        cfg = cls(**values)
-        if cfg.select_protocol not in ("auto", "candidates", "full"):
-            raise ValueError(f"select_protocol must be auto, candidates or full, got {cfg.select_protocol!r}")
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
-        return cfg
+            raise RecConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+@dataclass
+class RecRunArguments:
+    """Where a recommender run reads and writes (the script's arguments beside RecConfig)."""
+
+    dataset_dir: str | None = field(default=None, metadata={"help": "prepared dataset directory (python -m data_prep ...)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where metrics.json, aux/, checkpoint/ and run.json go"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+    def __post_init__(self):
+        for name in ("dataset_dir", "output_dir"):
+            if not getattr(self, name):
+                raise RecConfigError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
 
 
 def make_model(cfg: RecConfig, num_items: int, train_counts=None) -> SeqRecommender:

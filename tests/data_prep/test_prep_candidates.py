@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from data_prep.candidates import _excluded, _pool_to_position, llara_candidates, numpy_candidates
+from data_prep.candidates import LlaraSampler, NumpySampler, _excluded, _pool_to_position
 from data_prep.errors import DataPrepError
 
 
@@ -46,7 +46,9 @@ def test_llara_matches_literal_protocol(n_items, gaps):
     catalogue = np.arange(n_items, dtype=np.int64) * (3 if gaps else 1) + (7 if gaps else 0)
     hist, tgt = _random_examples(rng, 400, catalogue)
     offsets, values = _flat(hist)
-    got = llara_candidates(offsets, values, tgt, catalogue, 20, 10, chunk=97, quiet=True)
+    sampler = LlaraSampler(catalogue, 20, 10)
+    # in chunks, as build() draws them (the sampler's cache carries over between chunks)
+    got = np.concatenate([sampler(offsets[a:b + 1], values, tgt[a:b]) for a, b in ((0, 97), (97, 300), (300, 400))])
     want = [_literal_llara(h, int(t), catalogue.tolist(), 19) for h, t in zip(hist, tgt, strict=True)]
     assert got.tolist() == want
 
@@ -78,8 +80,8 @@ def test_numpy_samplers_invariants_and_seed(weights):
     hist, tgt = _random_examples(rng, 500, catalogue)
     offsets, values = _flat(hist)
     w = None if weights is None else (np.arange(40) % 5).astype(float)  # 8 items weigh 0
-    a = numpy_candidates(offsets, values, tgt, catalogue, 12, 10, seed=5, weights=w, quiet=True)
-    b = numpy_candidates(offsets, values, tgt, catalogue, 12, 10, seed=5, weights=w, quiet=True)
+    a = NumpySampler(catalogue, 12, 10, seed=5, weights=w)(offsets, values, tgt)
+    b = NumpySampler(catalogue, 12, 10, seed=5, weights=w)(offsets, values, tgt)
     _check_rows(a, hist, tgt, 12)
     assert np.array_equal(a, b)
     # The target lands in every slot (not always last).
@@ -98,8 +100,7 @@ def test_popularity_sampler_follows_weights():
     n = 20000
     tgt = np.full(n, 0, dtype=np.int64)
     offsets = np.zeros(n + 1, dtype=np.int64)
-    c = numpy_candidates(offsets, np.zeros(0, np.int64), tgt, catalogue, 3, 10, seed=0,
-                         weights=w, quiet=True)
+    c = NumpySampler(catalogue, 3, 10, seed=0, weights=w)(offsets, np.zeros(0, np.int64), tgt)
     neg = c[c != 0]
     share_heavy = np.isin(neg, np.arange(100, 200)).mean()
     assert abs(share_heavy - 300 / 399) < 0.01
@@ -109,4 +110,4 @@ def test_pool_too_small_is_an_error():
     catalogue = np.arange(12, dtype=np.int64)
     offsets, values = _flat([list(range(5))])
     with pytest.raises(DataPrepError, match="only 6 items outside its history"):
-        llara_candidates(offsets, values, np.array([11]), catalogue, 10, 10, quiet=True)
+        LlaraSampler(catalogue, 10, 10)(offsets, values, np.array([11]))

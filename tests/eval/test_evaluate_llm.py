@@ -1,6 +1,7 @@
 """The evaluator on a real prepared dataset and a tiny LLM: rank/generate agreement, scoring
 options, classic recommenders through the recipe, and 1- vs 2-process runs."""
 
+import importlib
 import json
 import os
 import sys
@@ -9,19 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import load_script, run_launch
+from helpers import run_launch
 
+from napo.eval.config import EvalArguments
 from napo.eval.generate import GreedyGenerator, greedy_config, left_pad
 from napo.eval.metrics import ranking_metrics
 from napo.eval.rank import LikelihoodScorer
-from napo.eval.runner import evaluate
+from napo.eval.runner import evaluate, load_split
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "evaluate.py"
 
 
 def _recipe():
-    return load_script("recipes/evaluate.py")
+    return importlib.import_module("napo.scripts.evaluate")
 
 
 def _load(model_dir):
@@ -51,7 +53,9 @@ def test_rank_and_generate_agree_when_greedy_follows_the_top_candidate(trained_m
     incremental decoding with a KV cache and left padding)."""
     model, tokenizer = _load(trained_model_dir)
     out = tmp_path / "both"
-    evaluate(model, tokenizer, tiny_dataset_dir, "test", "both", out, batch_size=4, show_progress=False)
+    args = EvalArguments(model_name_or_path=str(trained_model_dir), dataset_dir=str(tiny_dataset_dir),
+                         output_dir=str(out), mode="both", batch_size=4, no_progress=True)
+    evaluate(args, *load_split(tiny_dataset_dir, "test"), model=model, tokenizer=tokenizer)
     preds = _predictions(out)
     rows, _, _ = _test_rows(tiny_dataset_dir)
     completions = LikelihoodScorer(model, tokenizer).tokenize(rows)
@@ -107,7 +111,7 @@ def test_length_normalize_and_layouts(trained_model_dir, tiny_dataset_dir):
 
 
 def test_recipe_classic_recommenders_and_compare(tiny_dataset_dir, tmp_path, capsys):
-    from napo.recsys.aux import write_aux
+    from napo.auxiliary import write_aux
 
     recipe = _recipe()
     rows, items, meta = _test_rows(tiny_dataset_dir)
@@ -127,7 +131,7 @@ def test_recipe_classic_recommenders_and_compare(tiny_dataset_dir, tmp_path, cap
     for split, n in meta["counts"]["splits"].items():
         write_aux(tmp_path / "aux", split, rng.normal(size=(n["examples"], 4)),
                   rng.normal(size=(n["examples"], 5)), dataset_fingerprint=meta["fingerprint"], model="SASRec")
-    from napo.recsys.aux import load_aux
+    from napo.auxiliary import load_aux
 
     _, scores = load_aux(tmp_path / "aux", "test", meta)
     target_index = [c.index(t) for c, t in zip(rows["candidates"], rows["target"], strict=True)]
@@ -153,16 +157,25 @@ def test_recipe_classic_recommenders_and_compare(tiny_dataset_dir, tmp_path, cap
 
 def test_recipe_errors_are_one_line(tiny_dataset_dir, tmp_path, capsys):
     recipe = _recipe()
-    assert recipe.main(["--compare", str(tmp_path / "nothing")]) == 2
+
+    def exit_code(argv):
+        with pytest.raises(SystemExit) as stop:
+            recipe.main(argv)
+        return stop.value.code
+
+    assert exit_code(["--compare", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no metrics.json" in err and "\n" not in err
-    assert recipe.main(["--popularity", "--dataset_dir", str(tmp_path / "missing"),
-                        "--output_dir", str(tmp_path / "out")]) == 2
+    assert exit_code(["--popularity", "--dataset_dir", str(tmp_path / "missing"),
+                      "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
-    assert recipe.main(["--popularity", "--dataset_dir", str(tiny_dataset_dir), "--split", "nope",
-                        "--output_dir", str(tmp_path / "out")]) == 2
+    assert exit_code(["--popularity", "--dataset_dir", str(tiny_dataset_dir), "--split", "nope",
+                      "--output_dir", str(tmp_path / "out")]) == 2
     assert "no split 'nope'" in capsys.readouterr().err
+    assert exit_code(["--popularity", "--mode", "both", "--dataset_dir", str(tiny_dataset_dir),
+                      "--output_dir", str(tmp_path / "out")]) == 2
+    assert "use mode rank" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # no partial output
 
 

@@ -1,10 +1,12 @@
 """--max_examples with --sample_seed: a seeded sample of rows that keeps row-aligned scores aligned."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from napo.eval.config import EvalArguments
 from napo.eval.runner import evaluate, load_split
 from napo.eval.scorers import PrecomputedScorer
 
@@ -30,11 +32,12 @@ def test_precomputed_scores_follow_the_sampled_rows(tiny_dataset_dir, tmp_path):
     n, c = len(full), len(full[0]["candidates"])
     scores = torch.as_tensor(np.random.default_rng(0).normal(size=(n, c)))
     out_full, out_sample = tmp_path / "full", tmp_path / "sample"
-    evaluate(None, None, tiny_dataset_dir, "test", "rank", out_full, scorer=PrecomputedScorer(scores),
-             show_progress=False)
-    metrics = evaluate(None, None, tiny_dataset_dir, "test", "rank", out_sample,
-                       scorer=PrecomputedScorer(scores), max_examples=n // 2, sample_seed=1,
-                       show_progress=False)
+    args = EvalArguments(popularity=True, dataset_dir=str(tiny_dataset_dir), output_dir=str(out_full),
+                         no_progress=True)
+    evaluate(args, *load_split(tiny_dataset_dir, "test"), scorer=PrecomputedScorer(scores))
+    args = replace(args, output_dir=str(out_sample), max_examples=n // 2, sample_seed=1)
+    rows, items, meta = load_split(tiny_dataset_dir, "test", args.max_examples, args.sample_seed)
+    metrics = evaluate(args, rows, items, meta, scorer=PrecomputedScorer(scores))
     sample_rows, _, _ = load_split(tiny_dataset_dir, "test", max_examples=n // 2, sample_seed=1)
     by_row = _predictions(out_full)
     sampled = _predictions(out_sample)

@@ -8,7 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def synthetic_dirs(tmp_path_factory):
     """Prepared synthetic datasets (title and item-token formats) in the contract layout."""
-    from napo.models.synthetic import synthetic_prepared
+    from data_prep.synthetic import synthetic_prepared
 
     root = tmp_path_factory.mktemp("synthetic")
     return {

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
+from data_prep.prompts import item_token
 from napo.models.tiny import (
     TinyModelError,
     build_config,
     build_tiny_from_data,
     build_tiny_model,
-    item_token,
     main,
     train_bpe,
     wrap_tokenizer,

@@ -1,22 +1,24 @@
-"""End-to-end: recipes/sasrec.py on the tiny cycle dataset; aux rows match a direct forward pass."""
+"""End-to-end: recipes/recsys.py on the tiny cycle dataset; aux rows match a direct forward pass."""
 
+import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import load_script
 
 from data_prep.prepared import load_prepared
-from napo.recsys.aux import load_aux
+from napo.auxiliary import load_aux
 from napo.recsys.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    return load_script("recipes/sasrec.py")
+    return importlib.import_module("napo.scripts.recsys")
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +63,35 @@ def test_aux_rows_match_a_direct_forward_pass(run_dir, cycle_dataset):
 
 
 def test_bad_dataset_dir_is_one_line_error(tmp_path, capsys):
-    rc = _recipe().main(["--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out")])
-    assert rc == 2
+    with pytest.raises(SystemExit) as stop:
+        _recipe().main(["--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out")])
+    assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_config_key(tmp_path, cycle_dataset, capsys):
-    with pytest.raises(SystemExit):
-        _recipe().main(["--dataset_dir", str(cycle_dataset), "--output_dir", str(tmp_path), "--hiden", "3"])
-    rc = _recipe().main(["--dataset_dir", str(cycle_dataset), "--output_dir", str(tmp_path / "o"),
-                         "--loss", "bpr"])
-    assert rc == 2 and "unknown loss" in capsys.readouterr().err
+def test_bad_flag_and_bad_value(tmp_path, cycle_dataset, capsys):
+    for extra, message in ((["--hiden", "3"], "unknown command-line option '--hiden'; did you mean '--hidden'?"),
+                           (["--loss", "bpr"], "unknown loss 'bpr'")):
+        with pytest.raises(SystemExit) as stop:
+            _recipe().main(["--dataset_dir", str(cycle_dataset), "--output_dir", str(tmp_path / "o"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # a fresh interpreter: ~5 s
+def test_recsys_script_does_not_import_trl(cycle_dataset, tmp_path):
+    """The id-recommender script pays for no LLM trainer stack (and runs where TRL is missing)."""
+    code = (
+        "import sys; from napo.scripts.recsys import main; "
+        f"rc = main(['--config', {str(ROOT / 'recipes/configs/lastfm/sasrec-tiny.yaml')!r}, "
+        f"'--dataset_dir', {str(cycle_dataset)!r}, '--output_dir', {str(tmp_path / 'o')!r}, "
+        "'--max_epochs', '1', '--quiet']); "
+        "print('trl loaded:', sorted(m for m in sys.modules if m == 'trl' or m.startswith('trl.'))[:3]); sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trl loaded: []" in proc.stdout
+    assert (tmp_path / "o" / "metrics.json").is_file()

@@ -1,4 +1,4 @@
-"""Prepared splits -> TRL prompt/completion datasets for supervised fine-tuning.
+"""Prepared splits -> the datasets the trainers read (SFT prompt/completion, listwise preferences).
 
 The completion is the target title (or item token) joined to the prompt verbatim: training text
 = ``prompt + chosen + EOS``. This is the same join as ``napo.scoring.tokenize_listwise`` (the
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from data_prep.errors import UserError
+from data_prep.prompts import item_token
 
-class SFTDataError(ValueError):
+
+class TrainingDataError(UserError):
     """A one-line, user-facing mismatch between the dataset and the tokenizer."""
 
 
@@ -28,7 +31,7 @@ def to_prompt_completion(split: Any, max_samples: int | None = None) -> Any:
     """
     missing = [c for c in ("prompt", "chosen") if c not in split.column_names]
     if missing:
-        raise SFTDataError(
+        raise TrainingDataError(
             f"the split lacks column(s) {missing}: pass a prepared dataset directory (see docs/contracts.md)"
         )
     if max_samples is not None:
@@ -45,13 +48,34 @@ def check_item_tokens(tokenizer: Any, meta: dict, items: Any) -> None:
     """
     if meta.get("item_format") != "token" or len(items) == 0:
         return
-    from napo.models.tiny import item_token
-
     vocab = tokenizer.get_vocab()
     missing = [item_token(i) for i in items["item_id"] if item_token(i) not in vocab]
     if missing:
-        raise SFTDataError(
+        raise TrainingDataError(
             f"the dataset writes items as tokens (item_format 'token') but the tokenizer lacks "
             f"{len(missing)} of them (e.g. {missing[0]}): build the model with "
             "`python -m napo.models.tiny --item-tokens` or use a title-format dataset"
         )
+
+
+def preference_splits(dataset, meta: dict, data_args, aux_dir: str | None, *, with_eval: bool) -> dict:
+    """{"train": split[, "eval": split]} of a prepared dataset for NAPOTrainer.
+
+    The auxiliary recommender's user vectors and candidate scores (``aux_dir``) are joined by row
+    index, so before any truncation to ``max_train_samples`` / ``max_eval_samples``.
+    """
+    from napo.auxiliary import load_aux
+    from napo.collator import add_aux_columns
+
+    roles = {"train": (data_args.train_split, data_args.max_train_samples)}
+    if with_eval:
+        roles["eval"] = (data_args.eval_split, data_args.max_eval_samples)
+    out = {}
+    for role, (split, limit) in roles.items():
+        if split not in dataset:
+            raise TrainingDataError(f"{data_args.dataset_dir}: no split {split!r} (has {', '.join(dataset)})")
+        rows = dataset[split]
+        if aux_dir:
+            rows = add_aux_columns(rows, *load_aux(aux_dir, split, meta, num_rows=len(rows)))
+        out[role] = rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+    return out

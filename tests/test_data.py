@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from napo.models.sft_data import SFTDataError, check_item_tokens, to_prompt_completion
+from napo.data import TrainingDataError, check_item_tokens, to_prompt_completion
 
 
 def _split():
@@ -17,16 +17,16 @@ def test_prompt_completion_columns_and_row_order():
     assert out.column_names == ["prompt", "completion"]
     assert out["completion"] == ["<item_1>", "<item_2>", "<item_0>"]  # verbatim: no space, no EOS
     assert to_prompt_completion(_split(), max_samples=2)["prompt"] == ["p0 Answer:", "p1 Answer:"]
-    with pytest.raises(SFTDataError, match="chosen"):
+    with pytest.raises(TrainingDataError, match="chosen"):
         to_prompt_completion(Dataset.from_dict({"prompt": ["x"]}))
 
 
-def test_item_token_check(tiny_token_model):
+def test_item_token_check(tiny_item_tokens):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_token_model)
-    items = pd.DataFrame({"item_id": [0, 1, 59]})
+    tok = AutoTokenizer.from_pretrained(tiny_item_tokens[1])
+    items = pd.DataFrame({"item_id": [0, 1, 39]})
     check_item_tokens(tok, {"item_format": "token"}, items)  # all present: no error
     check_item_tokens(tok, {"item_format": "title"}, pd.DataFrame({"item_id": [10_000]}))  # titles: not checked
-    with pytest.raises(SFTDataError, match=r"lacks 1 of them \(e\.g\. <item_10000>\).*--item-tokens"):
+    with pytest.raises(TrainingDataError, match=r"lacks 1 of them \(e\.g\. <item_10000>\).*--item-tokens"):
         check_item_tokens(tok, {"item_format": "token"}, pd.DataFrame({"item_id": [0, 10_000]}))

@@ -8,10 +8,15 @@ moves the likelihood towards the target. Not a benchmark: real data comes from `
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
-from typing import Any
+
+import pyarrow as pa
+
+from data_prep.build import atomic_dir
+from data_prep.prepared import COLUMNS, FORMAT_VERSION, SPLITS, fingerprint
+from data_prep.prompts import item_token
+from data_prep.writer import FEATURES, SplitWriter, write_dataset_dict_json, write_items, write_meta
 
 _WORDS = (
     "Star", "Wars", "Toy", "Story", "Heat", "Casino", "Fargo", "Babe", "Love", "Night",
@@ -29,20 +34,16 @@ def synthetic_prepared(
     item_format: str = "title",
     seed: int = 0,
 ) -> Path:
-    """Write DIR/{dataset_dict.json, train/, valid/, test/, items.jsonl, meta.json}; return DIR."""
-    from datasets import Dataset, DatasetDict
-
-    from napo.models.tiny import item_token
-
+    """Write a prepared directory (the data_prep writer, meta.json and fingerprint) to DIR; return DIR."""
     rng = random.Random(seed)
     titles = [f"{rng.choice(_WORDS)} {rng.choice(_WORDS)} ({1950 + i})" for i in range(num_items)]
 
     def name(i: int) -> str:
         return item_token(i) if item_format == "token" else titles[i]
 
-    splits: dict[str, Any] = {}
+    splits: dict[str, list[dict]] = {}
     user = 0
-    for split, count in zip(("train", "valid", "test"), rows, strict=True):
+    for split, count in zip(SPLITS, rows, strict=True):
         records = []
         for _ in range(count):
             history = rng.sample(range(num_items), history_length)
@@ -63,30 +64,31 @@ def synthetic_prepared(
                 "rejected": [name(c) for c in candidates if c != target],
             })
             user += 1
-        splits[split] = Dataset.from_list(records)
-    out = Path(output_dir)
-    DatasetDict(splits).save_to_disk(str(out))
+        splits[split] = records
     train_counts = [0] * num_items
     for row in splits["train"]:
         for i in row["history"] + [row["target"]]:
             train_counts[i] += 1
-    with open(out / "items.jsonl", "w", encoding="utf-8") as handle:
-        for i, title in enumerate(titles):
-            handle.write(json.dumps({"item_id": i, "title": title, "train_count": train_counts[i]}) + "\n")
     meta = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "dataset": "synthetic",
         "domain": "movie",
         "num_candidates": num_candidates,
         "item_format": item_format,
+        "columns": list(COLUMNS),
         "args": {"num_items": num_items, "rows": list(rows), "seed": seed},
-        "counts": {
-            "items": num_items,
-            "splits": {name_: {"examples": len(ds)} for name_, ds in splits.items()},
-        },
+        "counts": {"items": num_items, "splits": {s: {"examples": len(r)} for s, r in splits.items()}},
         "sources": {},
         "package_version": "synthetic",
     }
-    meta["fingerprint"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta["fingerprint"] = fingerprint(meta)
+    out = Path(output_dir)
+    with atomic_dir(out) as tmp:
+        for split, records in splits.items():
+            writer = SplitWriter(tmp / split, split)
+            writer.write(pa.Table.from_pylist(records, schema=FEATURES.arrow_schema))
+            writer.close(hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
+        write_dataset_dict_json(tmp, list(SPLITS))
+        write_items(tmp, range(num_items), titles, train_counts)
+        write_meta(tmp, meta)
     return out

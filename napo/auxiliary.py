@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from data_prep.errors import UserError
 
-class AuxError(ValueError):
+
+class AuxError(UserError):
     """Auxiliary outputs missing or not matching the dataset."""
 
 
@@ -83,7 +85,7 @@ def load_aux(aux_dir: str | os.PathLike, split: str, meta: dict,
     aux = Path(aux_dir)
     meta_path = aux / "meta.json"
     if not meta_path.exists():
-        raise AuxError(f"{meta_path} not found; run recipes/sasrec.py on this dataset first")
+        raise AuxError(f"{meta_path} not found; run recipes/recsys.py on this dataset first")
     aux_meta = json.loads(meta_path.read_text())
     fingerprint = meta.get("fingerprint")
     if aux_meta.get("dataset_fingerprint") != fingerprint:

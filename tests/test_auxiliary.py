@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napo.recsys.aux import AuxError, load_aux, write_aux
+from napo.auxiliary import AuxError, load_aux, write_aux
 
 META = {"fingerprint": "abc", "counts": {"splits": {"train": {"examples": 3}}}}
 

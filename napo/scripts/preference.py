@@ -1,0 +1,93 @@
+"""Preference fine-tuning of an LLM recommender: DPO, S-DPO or NAPO (`loss_type` in the YAML).
+
+Starts from the SFT stage's output (`sft_adapter`) and trains on listwise preferences (the
+target against K of the 19 other candidates):
+- an SFT LoRA adapter is trained further; the reference of DPO / S-DPO is a frozen copy of it
+  (TRL's "ref" adapter), never a second model in memory;
+- a fully fine-tuned SFT model gets a fresh LoRA (the `use_peft`/`lora_*` flags); the reference is
+  then the adapter-disabled policy, i.e. the SFT model.
+NAPO is reference-free and reads the auxiliary recommender's outputs (`aux_dir`) for in-batch
+negative sharing and its dynamic margin.
+
+```bash
+# paper settings (see accelerate_configs/ for DDP, FSDP, DeepSpeed)
+napo-recsys --config recipes/configs/ml-100k/sasrec.yaml \
+    --dataset_dir runs/data/ml-100k --output_dir runs/ml-100k/sasrec      # NAPO's aux outputs
+accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/napo.py \
+    --config recipes/configs/ml-100k/napo.yaml
+
+# offline tiny model on a CPU, about two minutes (after sft-tiny and sasrec-tiny)
+accelerate launch recipes/napo.py --config recipes/configs/ml-100k/napo-tiny.yaml
+```
+
+Writes to `output_dir`: the trained adapter (a continued SFT adapter's frozen copy under `ref/`), the
+tokenizer, `run.json` (config, versions, seed, git revision) and the trainer's logs/checkpoints.
+"""
+
+from dataclasses import asdict, replace
+
+from trl import ModelConfig, get_peft_config
+
+from data_prep.errors import UserError
+from data_prep.prepared import load_prepared
+from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
+from napo.data import check_item_tokens, preference_splits
+from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
+from napo.scripts.parser import ScriptParser, fail
+from napo.trainer import NAPOTrainer
+from napo.utils import write_run_info
+
+
+def main(argv=None):
+    # Parse: YAML (--config) + command line; unknown keys and invalid settings stop with one line.
+    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig))
+    data_args, adapter_args, training_args, model_args = parser.parse(argv)
+
+    # Data first (fails before a model loads), then the model. An SFT LoRA adapter stays
+    # trainable and DPOTrainer adds its frozen copy "ref" as the reference; a fully fine-tuned SFT
+    # model becomes the base of a fresh LoRA (ModelConfig flags), so the adapter-disabled policy
+    # is the SFT model.
+    sft = adapter_args.sft_adapter or model_args.model_name_or_path
+    try:
+        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        splits = preference_splits(dataset, meta, data_args, training_args.aux_dir,
+                                   with_eval=training_args.eval_strategy != "no")
+        model, tokenizer = load_model_and_tokenizer(replace(model_args, model_name_or_path=sft), training_args,
+                                                    merge_adapter=False)
+        peft_config = None if is_adapter_dir(sft) else get_peft_config(model_args)
+        check_item_tokens(tokenizer, meta, items)
+    except UserError as err:
+        fail(err)
+
+    # Trainer
+    trainer = NAPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("eval"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if trainer.accelerator.is_main_process:
+        config = {
+            "dataset": asdict(data_args),
+            "dataset_meta": {k: meta.get(k) for k in ("dataset", "item_format", "fingerprint", "num_candidates")},
+            "adapter": asdict(adapter_args),
+            "training": training_args.to_dict(),
+            "model": asdict(model_args),
+        }
+        write_run_info(training_args.output_dir, config, seed=training_args.seed)
+
+    # Train, save (adapter + tokenizer), push.
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    trainer.end()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

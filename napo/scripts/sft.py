@@ -1,0 +1,89 @@
+"""Supervised fine-tuning of a causal LM on a prepared recommendation dataset (TRL SFTTrainer).
+
+The model learns to answer each candidate-list prompt with the target title (or item token)
+followed by EOS; the loss covers the completion tokens only. LoRA / QLoRA come from the
+`ModelConfig` flags (`use_peft`, `lora_*`, `load_in_4bit`...), every hyperparameter from the YAML.
+
+```bash
+# paper setting (one GPU; see accelerate_configs/ for DDP, FSDP, DeepSpeed)
+accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/sft.py \
+    --config recipes/configs/ml-100k/sft.yaml
+
+# offline tiny model on a CPU, a few minutes
+python -m napo.models.tiny --dataset-dir runs/data/ml-100k-tokens --output-dir runs/tiny/ml-100k-tokens \
+    --item-tokens --hidden-size 64 --num-layers 2
+napo-sft --config recipes/configs/ml-100k/sft-tiny.yaml
+```
+
+Writes to `output_dir`: the adapter (or full model without LoRA), the tokenizer, `run.json`
+(config, versions, seed, git revision) and the trainer's logs/checkpoints.
+"""
+
+from dataclasses import asdict
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from data_prep.errors import UserError
+from data_prep.prepared import load_prepared
+from napo.config import DatasetArguments
+from napo.data import check_item_tokens, to_prompt_completion
+from napo.models.loading import load_model_and_tokenizer, load_tokenizer
+from napo.scripts.parser import ScriptParser, fail
+from napo.utils import write_run_info
+
+
+def main(argv=None):
+    # Parse: YAML (--config) + command line; unknown keys stop the run with file:line:column.
+    data_args, training_args, model_args = ScriptParser((DatasetArguments, SFTConfig, ModelConfig)).parse(argv)
+
+    # Data and tokenizer checked first, then the model (dtype, QLoRA quantization, attention
+    # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
+    # run with one line before any weights are loaded.
+    try:
+        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        tokenizer = load_tokenizer(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+        )
+        check_item_tokens(tokenizer, meta, items)
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
+        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples)
+        eval_dataset = None
+        if training_args.eval_strategy != "no":
+            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples)
+    except UserError as err:
+        fail(err)
+
+    # Trainer (LoRA adapter from ModelConfig when use_peft is set).
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    if trainer.accelerator.is_main_process:
+        config = {
+            "dataset": asdict(data_args),
+            "dataset_meta": {k: meta.get(k) for k in ("dataset", "item_format", "fingerprint", "num_candidates")},
+            "training": training_args.to_dict(),
+            "model": asdict(model_args),
+        }
+        write_run_info(training_args.output_dir, config, seed=training_args.seed)
+
+    # Train, save (adapter + tokenizer), push.
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)  # also saves the tokenizer
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    trainer.end()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
