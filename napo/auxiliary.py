@@ -5,8 +5,12 @@
     AUX/{split}.safetensors  user_vectors float32 [N, dim]   row i = row i of the split
                              candidate_scores float32 [N, C] aligned with the row's `candidates`
 
+    AUX/items.safetensors    item_vectors float32 [num_items, dim]   optional: any item's score
+                             for a user is <user_vector, item_vector>, so an item borrowed from
+                             another user can be scored against THIS user's history
+
 User vectors are the model's hidden state at the true last history position; candidate scores
-are its raw logits for each candidate. Consumers join them to the dataset by row index, so
+are its raw logits for each candidate (= <user_vector, item_vector of the candidate>). Consumers join them to the dataset by row index, so
 `load_aux` refuses outputs made from another dataset (fingerprint) or with another row count.
 """
 
@@ -108,3 +112,36 @@ def load_aux(aux_dir: str | os.PathLike, split: str, meta: dict,
     if vectors.shape[1] != aux_meta.get("dim"):
         raise AuxError(f"{path}: user_vectors have dim {vectors.shape[1]}, meta.json says {aux_meta.get('dim')}")
     return vectors, scores
+
+
+ITEMS_FILE = "items.safetensors"
+
+
+def write_item_vectors(out_dir: str | os.PathLike, item_vectors: Any) -> Path:
+    """Write AUX/items.safetensors: the auxiliary model's item vectors [num_items, dim]."""
+    aux = Path(out_dir)
+    aux.mkdir(parents=True, exist_ok=True)
+    vectors = _as_tensor(item_vectors)
+    tmp = aux / f".{ITEMS_FILE}.tmp"
+    save_file({"item_vectors": vectors}, str(tmp))
+    os.replace(tmp, aux / ITEMS_FILE)
+    return aux / ITEMS_FILE
+
+
+def load_item_vectors(aux_dir: str | os.PathLike, num_items: int | None = None) -> torch.Tensor:
+    """item_vectors [num_items, dim] written beside the user vectors; one-line AuxError if absent."""
+    aux = Path(aux_dir)
+    path = aux / ITEMS_FILE
+    if not path.is_file():
+        raise AuxError(f"{path} not found: these aux outputs predate item vectors; rerun napo-recsys "
+                       "(needed to score borrowed items against the user's own history)")
+    meta = json.loads((aux / "meta.json").read_text()) if (aux / "meta.json").is_file() else {}
+    try:
+        vectors = load_file(str(path))["item_vectors"]
+    except Exception as err:  # a truncated or foreign file: safetensors raises several types
+        raise AuxError(f"{path}: cannot read ({str(err).splitlines()[0]}); rerun napo-recsys") from None
+    if vectors.ndim != 2 or (meta.get("dim") is not None and vectors.shape[1] != meta["dim"]):
+        raise AuxError(f"{path}: item_vectors {tuple(vectors.shape)} do not match dim {meta.get('dim')}")
+    if num_items is not None and vectors.shape[0] < num_items:
+        raise AuxError(f"{path}: {vectors.shape[0]} item vectors but the dataset has {num_items} items")
+    return vectors

@@ -142,8 +142,10 @@ class ListwiseCollator:
         ``item_ids`` [B, M] long (-1 on empty slots); ``example_idx`` [B] long;
         ``aux_user_vector`` [B, d] and ``aux_scores`` [B, M] float when the rows have them;
         ``ref_logps`` [B, M] float when precomputed;
-        ``listwise`` (only with ``keep_token_ids``): the per-example token ids of the selected
-        completions, for re-collation with extra completions (``share_mode: rescore``).
+        ``listwise`` (only with ``defer_collation``, for ``share_mode: rescore``): per example the
+        token ids of the selected completions, its prompt text and their titles; the model inputs
+        are then NOT built here (only ``completion_mask``), because the trainer adds the borrowed
+        completions first and collates once.
 
     ``num_negatives=None`` keeps every negative (used to precompute reference log-probs).
     ``epoch`` is set by the trainer at each epoch start when ``resample`` is on.
@@ -155,7 +157,7 @@ class ListwiseCollator:
     negative_sampling: str = "fixed"
     seed: int = 0
     epoch: int = 0
-    keep_token_ids: bool = False
+    defer_collation: bool = False
 
     def select(self, row: dict) -> list[int]:
         """Completion slots of one row: [0] + 1 + the drawn negatives."""
@@ -173,8 +175,16 @@ class ListwiseCollator:
             {"prompt_ids": list(row["prompt_ids"]), "completion_ids": [list(row["completion_ids"][s]) for s in sel]}
             for row, sel in zip(rows, slots, strict=True)
         ]
-        batch = collate_listwise(listwise, self.pad_token_id, self.layout)
-        num_slots = batch["completion_mask"].shape[1]
+        if self.defer_collation:
+            num_slots = max(len(sel) for sel in slots)
+            batch = {"completion_mask": torch.tensor([[m < len(sel) for m in range(num_slots)] for sel in slots])}
+            for example, row, sel in zip(listwise, rows, slots, strict=True):
+                titles = [row["chosen"], *row["rejected"]]
+                example.update(prompt=row["prompt"], titles=[titles[s] for s in sel])
+            batch["listwise"] = listwise
+        else:
+            batch = collate_listwise(listwise, self.pad_token_id, self.layout)
+            num_slots = batch["completion_mask"].shape[1]
 
         def per_slot(values, fill, dtype):
             out = torch.full((len(rows), num_slots), fill, dtype=dtype)
@@ -190,6 +200,4 @@ class ListwiseCollator:
             batch[AUX_SCORES] = per_slot([row[AUX_SCORES] for row in rows], 0.0, torch.float32)
         if REF_LOGPS in rows[0]:
             batch[REF_LOGPS] = per_slot([row[REF_LOGPS] for row in rows], 0.0, torch.float32)
-        if self.keep_token_ids:
-            batch["listwise"] = listwise
         return batch

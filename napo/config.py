@@ -120,19 +120,24 @@ class NAPOConfig(DPOConfig):
             "choices": ["dot", "cosine"],
         },
     )
-    share_mode: str = field(
-        default="reuse",
+    share_mode: str | None = field(
+        default=None,
         metadata={
-            "help": "'reuse': partners' negatives keep the scores computed under the partner's "
-            "prompt (paper); 'rescore': they are scored again under the example's own prompt.",
+            "help": "'rescore': borrowed items are scored under the example's OWN prompt (the pool "
+            "is a softmax over the user's own candidates; default); 'reuse': they keep the log-probs "
+            "computed under the partner's prompt (the paper's shortcut, no extra tokens; with "
+            "gradients on, pushing them down moves the PARTNER's context). None: rescore, or "
+            "reuse with napo_mode faithful.",
             "choices": ["reuse", "rescore"],
         },
     )
     napo_mode: str = field(
         default="corrected",
         metadata={
-            "help": "'corrected': negatives keep their gradients; 'faithful': every negative is "
-            "detached, as the reference code does (for reproduction only).",
+            "help": "'corrected': every negative keeps its gradient, shared items equal to the "
+            "user's positive or repeated in the pool are masked, gamma_t compares with earlier "
+            "batches; 'faithful': the NAPO reference code point by point (negatives detached, "
+            "reused log-probs, no collision masking, its margin order; see docs/reproduction.md).",
             "choices": ["corrected", "faithful"],
         },
     )
@@ -228,6 +233,8 @@ class NAPOConfig(DPOConfig):
             self.num_negatives = 1 if self.loss_type == "dpo" else 3
         if self.share_negatives is None:
             self.share_negatives = napo
+        if self.share_mode is None:
+            self.share_mode = "reuse" if self.napo_mode == "faithful" else "rescore"
         if self.gamma0 is None:
             self.gamma0 = 1.0 if napo else 0.0
         if self.margin_alpha is None:
@@ -272,13 +279,24 @@ class NAPOConfig(DPOConfig):
                 "share_mode 'rescore' scores shared negatives under the example's own prompt, which has "
                 "no precomputed reference: use reference 'adapter' or share_mode 'reuse'"
             )
-        if self.napo_mode == "faithful" and self.loss_type != "napo":
-            fail(f"napo_mode 'faithful' reproduces the NAPO reference code: it needs loss_type 'napo', got {self.loss_type!r}")
+        if self.napo_mode == "faithful":
+            if self.loss_type != "napo":
+                fail(f"napo_mode 'faithful' reproduces the NAPO reference code: it needs loss_type 'napo', got {self.loss_type!r}")
+            if self.share_negatives and self.share_mode != "reuse":
+                fail("napo_mode 'faithful' reuses the partners' log-probs as the reference code does: "
+                     "set share_mode reuse (or leave it unset)")
+            if self.margin_mode != "batch":
+                fail("napo_mode 'faithful' has the reference code's one margin per batch: set margin_mode batch")
         if self.negative_sampling == "resample" and self.dataloader_persistent_workers:
             fail(
                 "negative_sampling 'resample' draws negatives in the collator each epoch, which persistent "
                 "dataloader workers would not see: set dataloader_persistent_workers false"
             )
+
+    @property
+    def pool_mode(self) -> str:
+        """How the negative pool is built: 'none', 'reuse' or 'rescore' (napo.sharing.build_pool)."""
+        return self.share_mode if self.share_negatives else "none"
 
     @property
     def detach_negatives(self) -> bool:

@@ -16,8 +16,12 @@ Choices (the paper leaves them open):
   and count), so every rank holds the same state and the same gamma in mode "batch".
 - mode "user": M_t per example from its own pool ([B] margins); M_bar still tracks the global
   batch mean.
-- ``faithful=True`` reproduces the reference code: no bias correction (the average starts at 0),
-  updated in evaluation too, no clamp (gamma may go negative). Only those points change.
+- ``faithful=True`` reproduces the reference code step by step (napo-reference.md 2.4.2): the
+  average starts at 0 without bias correction and is updated BEFORE gamma is computed (the
+  current batch is already inside M_bar); M_t is each process's LOCAL mean (the trainer passes
+  the whole reused pool, duplicates and partners' scores included), the updated average is
+  averaged across processes; it also moves in evaluation; no clamp (gamma may go negative); one
+  scalar per process (mode "batch" only).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class DynamicMargin:
     ):
         if mode not in _MODES:
             raise ValueError(f"margin mode must be one of {_MODES}, got {mode!r}")
+        if faithful and mode != "batch":
+            raise ValueError("the reference code's margin is one scalar per batch: use mode 'batch' with faithful")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"margin momentum must be in [0, 1), got {momentum}")
         self.gamma0, self.alpha, self.momentum, self.mode = gamma0, alpha, momentum, mode
@@ -65,6 +71,7 @@ class DynamicMargin:
         self.training = True
         self.ema = 0.0  # raw exponential average of the global M_t (python float, float64)
         self.steps = 0  # number of updates so far
+        self.last: dict[str, float | None] = {}  # M_t and M_bar of the latest call (logged)
 
     def train(self, mode: bool = True) -> DynamicMargin:
         self.training = mode
@@ -100,9 +107,11 @@ class DynamicMargin:
         valid = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.to(torch.bool)
         scores = torch.where(valid, scores, torch.zeros_like(scores))  # masked slots may be nan
         row_sum, row_count = scores.sum(-1), valid.sum(-1).to(torch.float64)  # [B], [B]
+        if self.faithful:
+            return self._reference_code(row_sum.sum().item(), row_count.sum().item(), neg_scores)
 
         totals = torch.stack([row_sum.sum(), row_count.sum()])  # [2] local sum and count
-        if self.distributed and dist.is_available() and dist.is_initialized():
+        if self._distributed():
             dist.all_reduce(totals, op=dist.ReduceOp.SUM)
         total, count = totals.tolist()
         m_t = total / count if count > 0 else None  # global mean of the batch's negatives
@@ -118,10 +127,27 @@ class DynamicMargin:
         if self.clamp_min is not None:
             gamma = gamma.clamp(min=self.clamp_min)
 
-        if (training or self.faithful) and m_t is not None:
+        if training and m_t is not None:
             self.ema = self.momentum * self.ema + (1.0 - self.momentum) * m_t
             self.steps += 1
+        self.last = {"m_t": m_t, "m_bar": m_bar}
         return gamma.to(device=neg_scores.device, dtype=neg_scores.dtype)
+
+    def _distributed(self) -> bool:
+        return self.distributed and dist.is_available() and dist.is_initialized()
+
+    def _reference_code(self, total: float, count: float, like: Tensor) -> Tensor:
+        """The reference code's order: update the average with the local M_t, average it across
+        processes, then gamma = gamma0 * (1 - alpha * (M_t - M_bar)), unclamped."""
+        m_t = total / count if count > 0 else 0.0
+        ema = torch.tensor(self.momentum * self.ema + (1.0 - self.momentum) * m_t, dtype=torch.float64)
+        if self._distributed():
+            dist.all_reduce(ema, op=dist.ReduceOp.SUM)
+            ema /= dist.get_world_size()
+        self.ema, self.steps = float(ema), self.steps + 1
+        self.last = {"m_t": m_t, "m_bar": self.ema}
+        gamma = self.gamma0 * (1.0 - self.alpha * (m_t - self.ema))
+        return torch.tensor(gamma, device=like.device, dtype=like.dtype)
 
     def state_dict(self) -> dict:
         """JSON-serializable state for checkpoints (the average and the step count)."""

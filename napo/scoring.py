@@ -382,3 +382,82 @@ def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: b
     if length_normalize:
         logps = logps / num_tokens.clamp(min=1)
     return logps, num_tokens
+
+
+# --------------------------------------------------------------------------- borrowed completions
+
+
+def _completion_after(joint: Sequence[int], alone: Sequence[int], split: int) -> list[int] | None:
+    """joint[split:] when joint and alone agree on their first ``split`` tokens, else None."""
+    if len(joint) < split or list(joint[:split]) != list(alone[:split]):
+        return None
+    return list(joint[split:])
+
+
+def borrowed_completions(
+    tokenizer,
+    examples: Sequence[dict],
+    borrowed_titles: Sequence[Sequence[str]],
+    *,
+    max_prompt_length: int | None = None,
+    max_completion_length: int | None = None,
+    tail_chars: int = 64,
+) -> tuple[list[dict], list[list[list[int]]]]:
+    """Token ids of items borrowed into a row, exactly as ``tokenize_listwise`` would give them had
+    they been among the row's own candidates (NAPO's ``rescore`` sharing).
+
+    A BPE merge may cross the prompt/completion boundary (``":" + "("``), so a title's tokens
+    depend on the prompt it follows. Only the end of the prompt matters: each title is tokenized
+    after the prompt's last ``tail_chars`` characters, split where the row's own completions start,
+    and used when the row's own completions come out identical that way (checked on every row). A
+    row that fails the check, or whose borrowed title merges further back than its own split, is
+    tokenized again in full with all its titles (``tokenize_listwise``: its prompt/completion split
+    may move, for every completion alike).
+
+    Args:
+        examples: per row ``{"prompt_ids", "completion_ids", "prompt", "titles"}``: the row's
+            tokens as collated, its prompt text and the titles of its completions (same order).
+        borrowed_titles: per row, the titles to add, in pool order.
+    Returns:
+        (examples, possibly re-tokenized rows; per row, the borrowed completions' token ids).
+    """
+    eos = tokenizer.eos_token_id
+    texts: list[str] = []
+    for ex, borrowed in zip(examples, borrowed_titles, strict=True):
+        tail = ex["prompt"][-tail_chars:]
+        texts += [tail, *(tail + t for t in ex["titles"]), *(tail + t for t in borrowed)]
+    ids = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
+
+    def finish(tokens: list[int]) -> list[int]:
+        tokens = tokens if tokens and tokens[-1] == eos else tokens + [eos]
+        return tokens[:max_completion_length] if max_completion_length is not None else tokens
+
+    out_examples, out_borrowed, cursor = [], [], 0
+    for ex, borrowed in zip(examples, borrowed_titles, strict=True):
+        alone = ids[cursor]
+        own = ids[cursor + 1: cursor + 1 + len(ex["titles"])]
+        joint = ids[cursor + 1 + len(ex["titles"]): cursor + 1 + len(ex["titles"]) + len(borrowed)]
+        cursor += 1 + len(ex["titles"]) + len(borrowed)
+        # Where the row's completions start, in the tail's tokens: from the chosen completion.
+        first = list(ex["completion_ids"][0])
+        body = first[:-1] if first and first[-1] == eos else first
+        split = len(own[0]) - len(body) if own else -1
+        found = None
+        if split >= 0:
+            mine = [_completion_after(j, alone, split) for j in own]
+            if all(m is not None and finish(m) == list(c) for m, c in zip(mine, ex["completion_ids"], strict=True)):
+                theirs = [_completion_after(j, alone, split) for j in joint]
+                if all(t is not None for t in theirs):
+                    found = [finish(t) for t in theirs]
+        if found is not None:
+            out_examples.append(ex)
+            out_borrowed.append(found)
+            continue
+        # Rare: re-tokenize the whole row with its borrowed titles (its split may move).
+        (row,) = tokenize_listwise(tokenizer, [ex["prompt"]], [[*ex["titles"], *borrowed]],
+                                   max_prompt_length=max_prompt_length,
+                                   max_completion_length=max_completion_length)
+        n_own = len(ex["titles"])
+        out_examples.append({**ex, "prompt_ids": row["prompt_ids"], "completion_ids": row["completion_ids"][:n_own]})
+        out_borrowed.append(row["completion_ids"][n_own:])
+    return out_examples, out_borrowed

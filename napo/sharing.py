@@ -12,8 +12,9 @@ the example's own positive or an item already in the pool (own or an earlier par
   under the PARTNER's prompt (``share_negatives``); with gradients kept, pushing them down moves
   the partner's context, not the example's;
 - ``rescore``: the pool's item ids are chosen before the forward (``gather_pool_ids``), the
-  borrowed items are appended to the example's own completions (``rescore_batch``) and scored
-  under its own prompt in the same pass.
+  borrowed items are tokenized after the example's own prompt exactly as its own candidates are
+  (``napo.scoring.borrowed_completions``), appended to its completions and collated once
+  (``rescore_batch``), and scored under its own prompt in the same pass.
 
 The detach rule, stated once: with ``detach_negatives`` (the reference code's behaviour) every
 pooled negative log-prob is detached, so only the positive is trained; otherwise own and
@@ -251,35 +252,37 @@ def share_negatives(
     return pool
 
 
-def rescore_batch(listwise: list[dict], pool: NegativePool, item_completions: dict[int, list[int]],
+def borrowed_items(pool: NegativePool) -> list[list[int]]:
+    """Per row, the item ids of the real borrowed slots, in pool order (what rescore must score)."""
+    k = pool.num_own
+    ids, mask = pool.ids[:, k:].tolist(), pool.mask[:, k:].tolist()
+    return [[i for i, real in zip(row, keep, strict=True) if real] for row, keep in zip(ids, mask, strict=True)]
+
+
+def rescore_batch(listwise: list[dict], pool: NegativePool, borrowed: list[list[list[int]]],
                   pad_token_id: int, layout: str) -> tuple[dict, Tensor]:
-    """Own completions + the pool's borrowed items, collated under each example's own prompt.
+    """Own completions + the borrowed ones, collated once under each example's own prompt.
 
     Args:
         listwise: per example {"prompt_ids", "completion_ids": chosen then the K own negatives}.
         pool: from ``gather_pool_ids`` (ids [B, P], mask [B, P]; the first K slots are own).
-        item_completions: item id -> completion token ids.
+        borrowed: per example, the token ids of its real borrowed slots in pool order
+            (``borrowed_items`` gives their item ids; ``napo.scoring.borrowed_completions`` the ids).
     Returns:
         (the collated batch, ``slot`` [B, P] long: the batch column holding each pool slot's
         completion, -1 for masked slots).
     """
     from napo.scoring import append_completions, collate_listwise
 
-    num_own = pool.num_own
+    k = pool.num_own
     slot = torch.full_like(pool.ids, -1)
-    own_real = pool.mask[:, :num_own]
-    slot[:, :num_own] = torch.where(own_real, torch.arange(1, num_own + 1, device=pool.ids.device), -1)
-    ids, mask = pool.ids.tolist(), pool.mask.tolist()
-    extra = []
-    for b, example in enumerate(listwise):
-        borrowed = []
-        for j in range(num_own, len(ids[b])):
-            if mask[b][j]:
-                slot[b, j] = len(example["completion_ids"]) + len(borrowed)
-                borrowed.append(item_completions[ids[b][j]])
-        extra.append(borrowed)
-    batch = collate_listwise(append_completions(listwise, extra), pad_token_id, layout)
-    return batch, slot
+    slot[:, :k] = torch.where(pool.mask[:, :k], torch.arange(1, k + 1, device=pool.ids.device), -1)
+    shared_real = pool.mask[:, k:]
+    # the j-th real borrowed slot of a row sits in column 1 + K_b + j, K_b = the row's own count
+    own_counts = torch.tensor([len(ex["completion_ids"]) for ex in listwise], device=pool.ids.device)
+    rank = shared_real.long().cumsum(-1) - 1  # [B, P - K]
+    slot[:, k:] = torch.where(shared_real, own_counts[:, None] + rank, -1)
+    return collate_listwise(append_completions(listwise, borrowed), pad_token_id, layout), slot
 
 
 def build_pool(
@@ -297,6 +300,8 @@ def build_pool(
     similarity: str = "dot",
     detach_negatives: bool = False,
     differentiable_gather: bool = True,
+    mask_collisions: bool = True,
+    item_vectors: Tensor | None = None,
 ) -> NegativePool:
     """Each example's negative pool with policy (and reference) log-probs and auxiliary scores.
 
@@ -309,6 +314,11 @@ def build_pool(
         aux_scores: [B, K] auxiliary scores of the own negatives, or None.
         user_vectors: [B, d] auxiliary user vectors (reuse).
         planned, slot: rescore only: ``gather_pool_ids``'s pool and ``rescore_batch``'s slot.
+        detach_negatives: detach every pooled log-prob (the reference code); nothing else detaches.
+        mask_collisions: mask shared items equal to the positive or repeated in the pool (reuse;
+            the reference code does not).
+        item_vectors: [num_items, d] the auxiliary model's item vectors: borrowed items then get
+            the example's OWN auxiliary score <user_vector, item_vector> instead of the partner's.
     Returns:
         NegativePool: logps [B, P]; extras "ref" [B, P] (when ref_logps) and "aux" [B, P] (when
         aux_scores); ids, mask, shared, partners.
@@ -332,7 +342,7 @@ def build_pool(
         pool = share_negatives(
             logps[:, 1:], item_ids[:, 1:], own_mask, item_ids[:, 0], user_vectors,
             ratio=ratio, similarity=similarity, detach=detach_negatives,
-            differentiable_gather=differentiable_gather, extras=extras,
+            differentiable_gather=differentiable_gather, exclude_collisions=mask_collisions, extras=extras,
         )
     else:
         if ref_logps is not None:
@@ -344,6 +354,10 @@ def build_pool(
             partners=torch.zeros(b, 0, dtype=torch.long, device=own_mask.device),
             logps=logps[:, 1:], extras={n: v.detach() for n, v in extras.items()},
         )
+    if item_vectors is not None and user_vectors is not None and "aux" in pool.extras:
+        items = item_vectors[pool.ids.clamp(min=0)].to(user_vectors.dtype)  # [B, P, d]
+        own_view = (items * user_vectors.detach()[:, None, :]).sum(-1)  # [B, P]
+        pool.extras["aux"] = torch.where(pool.shared, own_view, pool.extras["aux"])
     if detach_negatives:
         pool.logps = pool.logps.detach()
     return pool

@@ -33,6 +33,7 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
+from napo.auxiliary import load_item_vectors
 from napo.collator import (
     AUX_SCORES,
     AUX_VECTOR,
@@ -41,11 +42,11 @@ from napo.collator import (
     ListwiseCollator,
     tokenize_preference_dataset,
 )
-from napo.config import NAPOConfig
+from napo.config import NAPOConfig, NAPOConfigError
 from napo.losses import listwise_preference_loss, preference_rewards
 from napo.margin import DynamicMargin
-from napo.scoring import completion_logps
-from napo.sharing import build_pool, gather_pool_ids, rescore_batch
+from napo.scoring import borrowed_completions, completion_logps
+from napo.sharing import borrowed_items, build_pool, gather_pool_ids, rescore_batch
 
 MARGIN_STATE_FILE = "napo_margin.json"
 
@@ -133,8 +134,9 @@ class NAPOTrainer(DPOTrainer):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.margin = None
-        self._item_completions: dict[int, list[int]] = {}
-        self.share_mode = args.share_mode if args.share_negatives else "none"
+        self._item_titles: dict[int, str] = {}
+        self.share_mode = args.pool_mode
+        self._item_vectors = None
         if data_collator is None:
             data_collator = ListwiseCollator(
                 pad_token_id=tokenizer.pad_token_id,
@@ -142,7 +144,7 @@ class NAPOTrainer(DPOTrainer):
                 layout=args.scoring,
                 negative_sampling=args.negative_sampling,
                 seed=args.seed,
-                keep_token_ids=self.share_mode == "rescore",
+                defer_collation=self.share_mode == "rescore",
             )
 
         # DPOTrainer loads a second model as reference unless the policy is a PeftModel or the
@@ -184,6 +186,9 @@ class NAPOTrainer(DPOTrainer):
                 clamp_min=0.0 if args.margin_clamp else None,
                 faithful=args.napo_mode == "faithful",
             )
+        if args.share_negatives and args.margin_mode == "user" and args.margin_alpha > 0 and args.aux_dir:
+            # a borrowed item's margin score must be relative to the borrowing user's history
+            self._item_vectors = load_item_vectors(args.aux_dir).to(self.accelerator.device)
         if isinstance(self.data_collator, ListwiseCollator) and args.negative_sampling == "resample":
             self.add_callback(_EpochCallback(self.data_collator))
         self.add_callback(_MarginCheckpointCallback(self))
@@ -197,25 +202,33 @@ class NAPOTrainer(DPOTrainer):
         max_prompt = args.max_prompt_length
         if max_prompt is None and args.max_length is not None:
             max_prompt = max(1, args.max_length - (args.max_completion_length or 0))
+        self._max_prompt_length = max_prompt
         with PartialState().main_process_first():
             dataset = tokenize_preference_dataset(
                 dataset, tokenizer, max_prompt_length=max_prompt,
                 max_completion_length=args.max_completion_length, num_proc=args.dataset_num_proc,
                 desc=f"Tokenizing {dataset_name} dataset",
             )
-        if args.share_negatives and args.share_mode == "rescore":
-            self._cache_item_completions(dataset)
+        if args.share_negatives:
+            self._check_item_ids(dataset, dataset_name)
+            if args.share_mode == "rescore":
+                self._cache_item_titles(dataset)
         return dataset
 
-    def _cache_item_completions(self, dataset) -> None:
-        """item id -> completion token ids, for scoring borrowed items under one's own prompt."""
-        cache = getattr(self, "_item_completions", None)
-        if cache is None:
-            cache = self._item_completions = {}
-        for ids, comps in zip(dataset["item_ids"], dataset["completion_ids"], strict=True):
-            for item, comp in zip(ids, comps, strict=True):
-                if item >= 0 and item not in cache:
-                    cache[int(item)] = list(comp)
+    @staticmethod
+    def _check_item_ids(dataset, name: str) -> None:
+        """Sharing compares items by id (collisions, rescoring): rows without ids cannot share."""
+        if "item_ids" in dataset.column_names and min((min(ids) for ids in dataset["item_ids"]), default=0) < 0:
+            raise NAPOConfigError(
+                f"{name} dataset: share_negatives needs item ids (`target` and `candidates` columns) "
+                "and some rows have none; prepare the data with data_prep or set share_negatives false"
+            )
+
+    def _cache_item_titles(self, dataset) -> None:
+        """item id -> title, for tokenizing borrowed items under one's own prompt (rescore)."""
+        for ids, chosen, rejected in zip(dataset["item_ids"], dataset["chosen"], dataset["rejected"], strict=True):
+            for item, title in zip(ids, [chosen, *rejected], strict=True):
+                self._item_titles.setdefault(int(item), title)
 
     def _check_columns(self, dataset, name: str) -> None:
         if dataset is None or not hasattr(dataset, "column_names"):
@@ -235,6 +248,8 @@ class NAPOTrainer(DPOTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = [*TOKENIZED_COLUMNS, AUX_VECTOR, AUX_SCORES, REF_LOGPS]
+            if self.share_mode == "rescore":  # borrowed titles are tokenized after the own prompt
+                self._signature_columns += ["prompt", "chosen", "rejected"]
 
     # ------------------------------------------------------------------ reference log-probs
 
@@ -247,10 +262,17 @@ class NAPOTrainer(DPOTrainer):
 
     @torch.no_grad()
     def _reference_logps(self, model, batch) -> torch.Tensor:
-        """[B, M] reference log-probs (no gradient; checkpointing off, as DPOTrainer does)."""
+        """[B, M] reference log-probs: no gradient, checkpointing off (as DPOTrainer does) and
+        dropout off (eval mode), so the reference is a fixed function of its inputs, the same
+        value the precomputed path gives."""
         checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
-        with checkpointing, self._reference_context(model):
-            logps, _ = completion_logps(model, batch, length_normalize=self.args.length_normalize)
+        was_training = model.training
+        model.eval()
+        try:
+            with checkpointing, self._reference_context(model):
+                logps, _ = completion_logps(model, batch, length_normalize=self.args.length_normalize)
+        finally:
+            model.train(was_training)
         return logps
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -299,8 +321,12 @@ class NAPOTrainer(DPOTrainer):
                 ratio=args.share_ratio, similarity=args.similarity,
                 extras={"aux": own_aux} if own_aux is not None else None,
             )
-            batch, slot = rescore_batch(inputs["listwise"], planned, self._item_completions,
-                                        self._tokenizer.pad_token_id, args.scoring)
+            titles = [[self._item_titles[i] for i in row] for row in borrowed_items(planned)]
+            listwise, borrowed = borrowed_completions(
+                self._tokenizer, inputs["listwise"], titles, max_prompt_length=self._max_prompt_length,
+                max_completion_length=args.max_completion_length,
+            )
+            batch, slot = rescore_batch(listwise, planned, borrowed, self._tokenizer.pad_token_id, args.scoring)
             batch = self._prepare_inputs(batch)
         logps, _ = completion_logps(model, batch, length_normalize=args.length_normalize)  # [B, M]
 
@@ -317,6 +343,7 @@ class NAPOTrainer(DPOTrainer):
             user_vectors=inputs.get(AUX_VECTOR), planned=planned, slot=slot,
             ratio=args.share_ratio, similarity=args.similarity,
             detach_negatives=args.detach_negatives, differentiable_gather=args.differentiable_gather,
+            mask_collisions=args.napo_mode != "faithful", item_vectors=self._item_vectors,
         )
         chosen, ref_chosen = logps[:, 0], (ref[:, 0] if ref is not None else None)
         gamma = self._margin(own_aux, own_mask, pool, training=self.model.training)
@@ -328,7 +355,7 @@ class NAPOTrainer(DPOTrainer):
 
         self._record_metrics(mode, chosen, ref_chosen, pool, gamma)
         if return_outputs:
-            return loss, {"losses": losses.detach()}
+            return loss, {"losses": losses}  # per example, differentiable
         return loss
 
     def _margin(self, own_aux, own_mask, pool, *, training: bool):
@@ -337,8 +364,10 @@ class NAPOTrainer(DPOTrainer):
             return 0.0
         if self.args.margin_alpha == 0.0 or own_aux is None:
             return torch.tensor(self.args.gamma0, device=self.accelerator.device)
-        if self.args.margin_mode == "user":
-            return self.margin(pool.extras["aux"], pool.mask, training=training)  # each example's pool
+        if self.args.margin_mode == "user" or self.args.napo_mode == "faithful":
+            # each example's pool (faithful: the reference code's M_t over the local pool, partners'
+            # scores and duplicates included)
+            return self.margin(pool.extras["aux"], pool.mask, training=training)
         return self.margin(own_aux, own_mask, training=training)  # every negative of the batch once
 
     def _record_metrics(self, mode, chosen, ref_chosen, pool, gamma):
@@ -360,6 +389,10 @@ class NAPOTrainer(DPOTrainer):
             "napo/shared_fraction": ((pool.shared & rewards.mask).float().sum(-1), maskf.sum(-1)),
             "napo/gamma": (gamma_rows, None),
         }
+        if self.margin is not None and self.margin.last:  # the margin's inputs (same on every rank)
+            for name in ("m_t", "m_bar"):
+                if self.margin.last.get(name) is not None:
+                    stats[f"napo/{name}"] = (torch.full_like(chosen, self.margin.last[name]), None)
         gather = self.accelerator.gather
         for key, (value, weight) in stats.items():
             value = gather(value.float().contiguous())

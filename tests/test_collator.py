@@ -77,19 +77,24 @@ def test_draw_negatives_deterministic_sorted_and_epoch_dependent():
 def test_collator_selects_consistent_slots():
     ds = tokenize_preference_dataset(rows(), CharTokenizer())
     ds = ds.add_column("ref_logps", [[float(10 * r + m) for m in range(6)] for r in range(4)])
-    collator = ListwiseCollator(pad_token_id=0, num_negatives=2, layout="naive", seed=3, keep_token_ids=True)
+    collator = ListwiseCollator(pad_token_id=0, num_negatives=2, layout="naive", seed=3)
+    deferred = ListwiseCollator(pad_token_id=0, num_negatives=2, layout="naive", seed=3, defer_collation=True)
     examples = [ds[i] for i in range(4)]
-    batch = collator(examples)
+    batch, later = collator(examples), deferred(examples)
     assert batch["completion_mask"].shape == (4, 3) and batch["completion_mask"].all()
+    assert torch.equal(later["completion_mask"], batch["completion_mask"]) and "input_ids" not in later
     for b, row in enumerate(examples):
         picks = draw_negatives(5, 2, seed=3, example_idx=b)
         slots = [0] + [1 + j for j in picks]
         assert batch["item_ids"][b].tolist() == [row["item_ids"][s] for s in slots]
         assert batch["ref_logps"][b].tolist() == [10.0 * b + s for s in slots]
-        assert batch["listwise"][b]["completion_ids"] == [row["completion_ids"][s] for s in slots]
+        # deferred (rescore): the same selection, with the prompt text and the titles in slot order
+        assert later["listwise"][b]["completion_ids"] == [row["completion_ids"][s] for s in slots]
+        assert later["listwise"][b]["titles"] == [[row["chosen"], *row["rejected"]][s] for s in slots]
+        assert later["listwise"][b]["prompt"] == row["prompt"]
     assert batch["example_idx"].tolist() == [0, 1, 2, 3]
     # the model inputs are exactly scoring's collation of the selected completions
-    expected = collate_listwise(batch["listwise"], 0, "naive")
+    expected = collate_listwise(later["listwise"], 0, "naive")
     assert torch.equal(batch["input_ids"], expected["input_ids"])
     assert torch.equal(batch["gather_slot"], expected["gather_slot"])
 

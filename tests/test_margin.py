@@ -59,16 +59,45 @@ def test_clamp():
         assert margin(batch_with_mean(10.0)).item() == pytest.approx(want)
 
 
-def test_faithful_reference_behaviour():
-    margin = DynamicMargin(faithful=True, bias_correction=True, clamp_min=0.0)
-    # starts at 0, no correction: gamma_1 = 1 - 0.3 * 2 = 0.4; ema = 0.2
-    assert margin(batch_with_mean(2.0)).item() == pytest.approx(0.4)
-    # no clamp: gamma_2 = 1 - 0.3 * (4 - 0.2) = -0.14; ema = 0.18 + 0.4 = 0.58
-    assert margin(batch_with_mean(4.0)).item() == pytest.approx(-0.14)
-    # updates in eval too
-    margin.eval()
-    margin(batch_with_mean(1.0))
-    assert margin.steps == 3 and margin.m_bar == pytest.approx(0.9 * 0.58 + 0.1)
+def _reference_replica(batch_means, gamma0=1.0, alpha=0.3, momentum=0.9):
+    """The reference code's margin, written out in plain Python (napo-reference.md 2.4.2)."""
+    m_bar, gammas = 0.0, []
+    for m_t in batch_means:
+        m_bar = momentum * m_bar + (1 - momentum) * m_t  # updated first: the batch is inside
+        gammas.append(gamma0 * (1 - alpha * (m_t - m_bar)))
+    return gammas
+
+
+def test_faithful_equals_the_reference_sequence():
+    # the worked example: batch means 2, 4, 1, 3 -> 0.460, -0.026, 0.887, 0.358 (gamma0 1, alpha 0.3, m 0.9)
+    want = [0.460, -0.026, 0.887, 0.358]
+    assert _reference_replica([2.0, 4.0, 1.0, 3.0]) == pytest.approx(want, abs=5e-4)
+    margin = DynamicMargin(faithful=True, bias_correction=True, clamp_min=0.0)  # both overridden
+    got = [margin(batch_with_mean(m)).item() for m in (2.0, 4.0, 1.0, 3.0)]
+    assert got == pytest.approx(_reference_replica([2.0, 4.0, 1.0, 3.0]), abs=1e-6)
+    assert got[1] < 0  # no clamp
+
+
+def test_faithful_matches_the_replica_on_random_inputs_and_moves_in_eval():
+    g = torch.Generator().manual_seed(0)
+    for gamma0, alpha, momentum in ((1.0, 0.3, 0.9), (1.5, 0.5, 0.8), (1.0, 0.1, 0.0)):
+        margin = DynamicMargin(gamma0=gamma0, alpha=alpha, momentum=momentum, faithful=True)
+        batches = [torch.randn(4, 6, generator=g) * 2 + 1 for _ in range(7)]
+        mask = torch.rand(4, 6, generator=g) > 0.3
+        got = []
+        for i, b in enumerate(batches):
+            margin.train(i % 2 == 0)  # the reference updates on eval batches too
+            got.append(margin(b, mask).item())
+        means = [b[mask].double().mean().item() for b in batches]
+        assert got == pytest.approx(_reference_replica(means, gamma0, alpha, momentum), abs=1e-5)
+        assert margin.steps == 7
+
+
+def test_default_mode_compares_with_previous_batches():
+    margin = DynamicMargin()  # bias-corrected average of PREVIOUS training batches
+    assert margin(batch_with_mean(2.0)).item() == pytest.approx(1.0)  # no past: gamma0
+    assert margin(batch_with_mean(4.0)).item() == pytest.approx(1 - 0.3 * (4 - 2))
+    assert margin.last == {"m_t": 4.0, "m_bar": 2.0}
 
 
 def test_user_mode_masked_and_dtype():

@@ -328,3 +328,36 @@ def test_batched_tokenization_equals_one_at_a_time(bpe_tokenizer):
              for p, c in zip(prompts, completions, strict=True)]
     assert together == alone
     assert [len(ex["completion_ids"]) for ex in together] == [1, 3, 2]
+
+
+def _boundary_bpe():
+    """A byte-level BPE that learnt ':(' as one token: a title starting with '(' merges with the
+    prompt's final ':' (GPT-2 pre-tokenization groups adjacent punctuation)."""
+    from napo.models.tiny import train_bpe, wrap_tokenizer
+
+    corpus = ["Answer:(500) Days", "Answer:(Heat)", "Answer: Heat", "Answer:(x)"] * 50
+    return wrap_tokenizer(train_bpe(corpus, vocab_size=300))
+
+
+def test_borrowed_titles_tokenize_as_the_rows_own_across_a_bpe_merge():
+    from napo.scoring import borrowed_completions
+
+    tok = _boundary_bpe()
+    assert len(tok(":(")["input_ids"]) == 2  # BOS + the merged ':(' token
+    titles = ["(500) Days", " Heat", "(Heat)", "Zed"]
+    prompts = ["We like films. Answer:", "A longer history, then Answer:", "Answer:"]
+    for prompt in prompts:
+        for own in ([" Heat", "Zed"], ["(500) Days", " Heat"]):
+            (row,) = tokenize_listwise(tok, [prompt], [own])
+            ex = {**row, "prompt": prompt, "titles": own}
+            borrowed = [t for t in titles if t not in own]
+            (new_row,), (got,) = borrowed_completions(tok, [ex], [borrowed], tail_chars=8)
+            # the reference: the row tokenized with every title as its own candidate
+            (want,) = tokenize_listwise(tok, [prompt], [own + borrowed])
+            assert new_row["prompt_ids"] == want["prompt_ids"]
+            assert new_row["completion_ids"] == want["completion_ids"][: len(own)]
+            assert got == want["completion_ids"][len(own):]
+            # a merged title is a different token string than its plain copy appended after the prompt
+            if "(500) Days" in borrowed:
+                plain = tok("(500) Days", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                assert got[borrowed.index("(500) Days")] != plain

@@ -298,3 +298,18 @@ def test_build_pool_detaches_only_when_asked():
         assert kept.logps.requires_grad and not cut.logps.requires_grad
     with pytest.raises(ValueError, match="share_mode"):
         build_pool("everyone", logps, None, item_ids, batch["rejected_mask"])
+
+
+def test_borrowed_items_get_the_borrowers_own_aux_score():
+    batch = _batch(n=5, k=2, seed=7)
+    item_ids = torch.cat([batch["chosen_ids"][:, None], batch["rejected_ids"]], 1)
+    items = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
+    pool = build_pool("reuse", _prompt_free_scores(item_ids), None, item_ids, batch["rejected_mask"],
+                      aux_scores=batch["aux_scores"], user_vectors=batch["user_vectors"], item_vectors=items)
+    own_view = batch["user_vectors"] @ items.T  # [B, num_items]
+    for b in range(5):
+        for j in range(pool.ids.shape[1]):
+            if pool.shared[b, j]:
+                assert pool.extras["aux"][b, j].item() == pytest.approx(own_view[b, pool.ids[b, j]].item(), abs=1e-5)
+            else:  # own negatives keep the recorded scores
+                assert pool.extras["aux"][b, j].item() == pytest.approx(batch["aux_scores"][b, j].item())

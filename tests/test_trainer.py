@@ -110,8 +110,9 @@ def brute_logps(model, prompt_ids, completion_ids):
     return sum(logprobs[start + j - 1, tok] for j, tok in enumerate(completion_ids))
 
 
-def hand_loss(trainer, rows, batch):
-    """The loss of one batch assembled by hand from the rows (no napo.scoring/sharing/losses)."""
+def hand_loss(trainer, rows, batch, gamma=None):
+    """The loss of one batch assembled by hand from the rows (no napo.scoring/sharing/losses).
+    ``gamma``: the margin (default gamma0, the first training batch's bias-corrected value)."""
     args, model = trainer.args, trainer.model
     beta, k = args.beta, args.num_negatives
     item_ids = batch["item_ids"].tolist()
@@ -145,9 +146,9 @@ def hand_loss(trainer, rows, batch):
         if args.reference != "none":
             c -= score(b, chosen, True)
             rejected = [r - score(o, i, True) for r, (o, i) in zip(rejected, pool, strict=True)]
-        gamma = args.gamma0  # first training batch: bias-corrected M_bar = M_t, so gamma_t = gamma0
+        margin = args.gamma0 if gamma is None else gamma
         z = torch.logsumexp(torch.tensor([beta * (r - c) for r in rejected]), 0)
-        losses.append(float(F.softplus(gamma + z)))
+        losses.append(float(F.softplus(margin + z)))
     assert len(item_ids[0]) == k + 1
     return sum(losses) / n
 
@@ -156,6 +157,7 @@ def hand_loss(trainer, rows, batch):
     dict(loss_type="dpo"),
     dict(loss_type="sdpo", beta=0.5),
     dict(loss_type="napo"),
+    dict(loss_type="napo", share_mode="reuse"),
     dict(loss_type="napo", share_mode="rescore", scoring="naive"),
     dict(loss_type="sdpo", share_negatives=True, aux_dir="a", gamma0=0.5, margin_alpha=0.0),
 ])
@@ -175,6 +177,101 @@ def test_loss_equals_hand_assembled(tmp_path, tiny, overrides):
     else:
         assert logged["napo/pool_size"][-1] == k and logged["napo/shared_fraction"][-1] == 0
     assert logged["napo/gamma"][-1] == pytest.approx(trainer.args.gamma0)
+
+
+def _own_negative_scores(batch):
+    mask = batch["completion_mask"][:, 1:]
+    return batch["aux_scores"][:, 1:][mask].double()
+
+
+def test_dynamic_margin_through_the_trainer_over_several_steps(tmp_path, tiny):
+    """gamma_t = gamma0 * (1 - alpha * (M_t - M_bar)), M_bar the bias-corrected average of the
+    previous batches' M_t: checked numerically against the loss and the logged values."""
+    trainer = make_trainer(tmp_path, tiny, loss_type="napo", lora={**LORA, "init_lora_weights": False},
+                           gamma0=1.5, margin_alpha=0.5, margin_clamp=False)
+    trainer.model.train()
+    means, gammas = [], []
+    for start in (0, 4, 8, 12):
+        rows = [trainer.train_dataset[i] for i in range(start, start + 4)]
+        batch = trainer._prepare_inputs(trainer.data_collator(rows))
+        m_t = _own_negative_scores(batch).mean().item()
+        if means:  # bias-corrected moving average of the previous batches (momentum 0.9)
+            ema = 0.0
+            for m in means:
+                ema = 0.9 * ema + 0.1 * m
+            m_bar = ema / (1 - 0.9 ** len(means))
+        else:
+            m_bar = m_t
+        gamma = 1.5 * (1 - 0.5 * (m_t - m_bar))
+        loss = trainer.compute_loss(trainer.model, batch)
+        assert loss.item() == pytest.approx(hand_loss(trainer, rows, batch, gamma=gamma), abs=1e-5)
+        logged = trainer._metrics["train"]
+        assert logged["napo/gamma"][-1] == pytest.approx(gamma, abs=1e-6)
+        assert logged["napo/m_t"][-1] == pytest.approx(m_t, abs=1e-6)
+        means.append(m_t)
+        gammas.append(gamma)
+    assert max(abs(g - 1.5) for g in gammas[1:]) > 1e-3  # the margin really moved
+
+
+def test_faithful_margin_uses_the_whole_reused_pool(tmp_path, tiny):
+    """faithful: M_t is the mean aux score over the local pool as the reference code builds it
+    (partners' scores, repeats and the user's own positive included), the average updated first."""
+    trainer = make_trainer(tmp_path, tiny, loss_type="napo", napo_mode="faithful", margin_alpha=0.3)
+    assert trainer.args.share_mode == "reuse"
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    user = batch["aux_user_vector"].double()
+    sim = user @ user.T
+    sim.fill_diagonal_(-math.inf)
+    s = math.floor(0.7 * 3 + 1e-9)
+    scores = []
+    for b in range(4):
+        partners = sorted(range(4), key=lambda j: (-sim[b, j].item(), j))[:s]
+        for r in [b, *partners]:
+            scores += batch["aux_scores"][r, 1:].tolist()
+    m_t = sum(scores) / len(scores)
+    m_bar = 0.1 * m_t  # starts at 0, updated before gamma
+    trainer.compute_loss(trainer.model, batch)
+    assert trainer._metrics["train"]["napo/gamma"][-1] == pytest.approx(1 - 0.3 * (m_t - m_bar), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["reuse", "rescore", "faithful"])
+def test_gradient_reaches_a_borrowed_negative_only_where_it_should(tmp_path, tiny, monkeypatch, mode):
+    """d loss_b / d (the log-prob of a negative b borrowed from partner p):
+    reuse: that log-prob lives in p's row (scored under p's prompt) and gets gradient from b;
+    rescore: b scores the item under its OWN prompt, so b's loss does not touch p's row;
+    faithful: every negative is detached, so b's loss reaches no negative at all."""
+    import napo.trainer as trainer_module
+
+    captured = {}
+    real = trainer_module.completion_logps
+
+    def spy(model, batch, **kwargs):
+        out = real(model, batch, **kwargs)
+        captured["logps"] = out[0]
+        return out
+
+    monkeypatch.setattr(trainer_module, "completion_logps", spy)
+    overrides = {"napo_mode": "faithful"} if mode == "faithful" else {"share_mode": mode}
+    trainer = make_trainer(tmp_path, tiny, loss_type="napo", margin_alpha=0.0, **overrides)
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    _, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    logps = captured["logps"]
+    k = trainer.args.num_negatives
+    b = 0
+    (grad,) = torch.autograd.grad(out["losses"][b], logps, retain_graph=True)
+    partners = [p for p in range(4) if p != b]
+    assert grad[b, 0].abs() > 0  # the positive is always trained
+    if mode == "reuse":
+        assert any(grad[p, 1:k + 1].abs().sum() > 0 for p in partners)
+    elif mode == "rescore":
+        assert all(grad[p].abs().sum() == 0 for p in partners)
+        assert grad[b, k + 1:].abs().sum() > 0  # the borrowed items, scored in b's own row
+    else:
+        assert grad[:, 1:].abs().sum() == 0
 
 
 def test_reference_is_the_adapter_disabled_policy(tmp_path, tiny):
@@ -214,6 +311,29 @@ def test_sft_adapter_is_continued_and_its_frozen_copy_is_the_reference(tmp_path,
         base = float(brute_logps(model, rows[0]["prompt_ids"], rows[0]["completion_ids"][0]))
     ref = trainer._reference_logps(model, batch)
     assert abs(ref[0, 0].item() - base) > 1e-4
+
+
+def test_reference_pass_has_no_dropout(tmp_path, tiny):
+    """A continued SFT adapter with LoRA dropout 0.1 (the papers' setting): its frozen copy, the
+    reference, is evaluated without dropout even while the policy trains."""
+    torch.manual_seed(2)
+    sft = PeftModel(load_model(tiny[0]), LoraConfig(**{**LORA, "lora_dropout": 0.1, "init_lora_weights": False}))
+    trainer = make_trainer(tmp_path, tiny, model=sft, loss_type="sdpo")
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    trainer.model.train()
+    first = trainer._reference_logps(trainer.model, batch)
+    second = trainer._reference_logps(trainer.model, batch)
+    assert torch.equal(first, second) and trainer.model.training  # deterministic, mode restored
+    trainer.model.eval()
+    torch.testing.assert_close(trainer._reference_logps(trainer.model, batch), first)
+
+
+def test_sharing_without_item_ids_refuses(tmp_path, tiny):
+    model_dir, dataset = tiny
+    no_ids = dataset["train"].remove_columns(["target", "candidates"])
+    with pytest.raises(NAPOConfigError, match="needs item ids"):
+        make_trainer(tmp_path, (model_dir, {"train": no_ids}), loss_type="napo")
 
 
 def test_precomputed_reference_equals_adapter_reference(tmp_path, tiny):

@@ -18,8 +18,10 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from data_prep.errors import UserError
-from napo.auxiliary import write_aux
+from napo.auxiliary import write_aux, write_item_vectors
 from napo.recsys.data import load_dataset_dir
 from napo.recsys.train import (
     RecConfig,
@@ -52,8 +54,10 @@ def main(argv=None) -> int:
     result = fit(model, cfg, splits["train"], splits["valid"], train_counts, progress=not run_args.quiet)
     save_checkpoint(model, cfg, out / "checkpoint")
 
-    # Outputs of every split: aux (NAPO's user vectors and candidate scores) and metrics.
+    # Outputs of every split: aux (NAPO's user vectors, candidate scores, item vectors) and metrics.
     metrics: dict = {}
+    with torch.no_grad():
+        write_item_vectors(out / "aux", model.item_vectors())
     for name, split in splits.items():
         outputs = infer(model, split, batch_size=cfg.eval_batch_size,
                         exclude_history=cfg.exclude_history, progress=not run_args.quiet)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data_prep.prepared import load_prepared
-from napo.auxiliary import load_aux
+from napo.auxiliary import load_aux, load_item_vectors
 from napo.recsys.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,11 @@ def test_aux_rows_match_a_direct_forward_pass(run_dir, cycle_dataset):
         direct = model.item_vectors()[torch.tensor(row["candidates"])] @ h
     torch.testing.assert_close(vectors[i], h, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scores[i], direct, rtol=1e-5, atol=1e-5)
+    # the item vectors score ANY item for a user: the candidates' scores come out again
+    items = load_item_vectors(run_dir / "aux", num_items=40)
+    all_rows = vectors @ items.T  # [N, num_items]
+    candidates = torch.tensor(dd["test"]["candidates"])
+    torch.testing.assert_close(all_rows.gather(1, candidates), scores, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_dataset_dir_is_one_line_error(tmp_path, capsys):
