@@ -34,12 +34,12 @@ step "4/7 SFT (full fine-tune of the tiny model)"
 "$PY" recipes/sft.py --config recipes/configs/ml-100k/sft-tiny.yaml --dataset_dir "$D/data" \
     --model_name_or_path "$D/tiny-model" --output_dir "$D/sft" --seed "$DEMO_SEED"
 
-step "5/7 DPO, S-DPO, NAPO (reuse: the paper) and NAPO (rescore: exact pool) from SFT, same budget"
-for run in dpo sdpo napo napo-rescore; do
-    method=${run%-rescore}
+step "5/7 DPO, S-DPO, NAPO (rescore: every negative under the user's own prompt) and NAPO (reuse: the paper's shortcut) from SFT, same budget"
+for run in dpo sdpo napo napo-reuse; do
+    method=${run%-reuse}
     extra=()
     [ "$method" = napo ] && extra=(--aux_dir "$D/sasrec/aux")
-    [ "$run" = napo-rescore ] && extra+=(--share_mode rescore)
+    [ "$run" = napo-reuse ] && extra+=(--share_mode reuse)
     "$PY" recipes/napo.py --config "recipes/configs/ml-100k/$method-tiny.yaml" \
         --dataset_dir "$D/data" --model_name_or_path "$D/tiny-model" --sft_adapter "$D/sft" \
         --output_dir "$D/$run" --seed "$DEMO_SEED" "${extra[@]}"
@@ -53,14 +53,14 @@ common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES
 # The SFT output is the fine-tuned tiny model; DPO / S-DPO / NAPO are LoRA adapters on top of it.
 "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" "${common[@]}" --mode both --batch_size 32 \
     --output_dir "$D/eval/sft" --name SFT
-names=([dpo]=DPO [sdpo]=S-DPO [napo]="NAPO (reuse)" [napo-rescore]="NAPO (rescore)")
-for run in dpo sdpo napo napo-rescore; do
+names=([dpo]=DPO [sdpo]=S-DPO [napo]="NAPO (rescore)" [napo-reuse]="NAPO (reuse)")
+for run in dpo sdpo napo napo-reuse; do
     "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" --adapter "$D/$run" \
         "${common[@]}" --mode both --batch_size 32 --output_dir "$D/eval/$run" --name "${names[$run]}"
 done
 
 step "7/7 comparison"
 "$PY" recipes/evaluate.py --compare "$D/eval/popularity" "$D/eval/sasrec" "$D/eval/sft" \
-    "$D/eval/dpo" "$D/eval/sdpo" "$D/eval/napo" "$D/eval/napo-rescore" --output "$D/report.md"
+    "$D/eval/dpo" "$D/eval/sdpo" "$D/eval/napo" "$D/eval/napo-reuse" --output "$D/report.md"
 "$PY" scripts/demo_notes.py "$D" "$(( $(date +%s) - start ))" >> "$D/report.md"
 step "done: $D/report.md"

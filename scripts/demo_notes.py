@@ -43,7 +43,7 @@ def main(demo_dir: str, wall_seconds: str) -> None:
             f"- SFT: full fine-tune, {t.get('max_steps')} steps x batch {t.get('per_device_train_batch_size')}, "
             f"lr {t.get('learning_rate')} ({t.get('lr_scheduler_type')}), loss on the answer only."
         )
-    for run, label in (("dpo", "DPO"), ("sdpo", "S-DPO"), ("napo", "NAPO (reuse)"), ("napo-rescore", "NAPO (rescore)")):
+    for run, label in (("dpo", "DPO"), ("sdpo", "S-DPO"), ("napo", "NAPO (rescore)"), ("napo-reuse", "NAPO (reuse)")):
         cfg = _load(d / run / "run.json").get("config", {})
         if not cfg:
             continue
