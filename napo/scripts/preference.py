@@ -29,9 +29,8 @@ from dataclasses import asdict, replace
 from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
-from data_prep.prepared import load_prepared
 from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
-from napo.data import check_item_tokens, preference_splits
+from napo.data import check_item_tokens, check_objective_data, load_training_data, preference_splits
 from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
 from napo.scripts.parser import ScriptParser, fail
 from napo.trainer import NAPOTrainer
@@ -49,7 +48,9 @@ def main(argv=None):
     # is the SFT model.
     sft = adapter_args.sft_adapter or model_args.model_name_or_path
     try:
-        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        dataset, items, meta = load_training_data(data_args)
+        if data_args.train_split in dataset:  # sharing / margin / aux need item ids: refuse early
+            check_objective_data(training_args, dataset[data_args.train_split], data_args.source)
         splits = preference_splits(dataset, meta, data_args, training_args.aux_dir,
                                    with_eval=training_args.eval_strategy != "no")
         model, tokenizer = load_model_and_tokenizer(replace(model_args, model_name_or_path=sft), training_args,

@@ -24,9 +24,8 @@ from dataclasses import asdict
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from data_prep.errors import UserError
-from data_prep.prepared import load_prepared
 from napo.config import DatasetArguments
-from napo.data import check_item_tokens, to_prompt_completion
+from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.scripts.parser import ScriptParser, fail
 from napo.utils import write_run_info
@@ -40,7 +39,7 @@ def main(argv=None):
     # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
     # run with one line before any weights are loaded.
     try:
-        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        dataset, items, meta = load_training_data(data_args)
         tokenizer = load_tokenizer(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
@@ -49,6 +48,9 @@ def main(argv=None):
         check_item_tokens(tokenizer, meta, items)
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
         # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
+        for split in [data_args.train_split] + ([data_args.eval_split] if training_args.eval_strategy != "no" else []):
+            if split not in dataset:
+                raise TrainingDataError(f"{data_args.source}: no split {split!r} (has {', '.join(dataset)})")
         train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples)
         eval_dataset = None
         if training_args.eval_strategy != "no":
