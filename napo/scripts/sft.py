@@ -15,17 +15,20 @@ python -m napo.models.tiny --dataset-dir runs/data/ml-100k-tokens --output-dir r
 napo-sft --config recipes/configs/ml-100k/sft-tiny.yaml
 ```
 
-Writes to `output_dir`: the adapter (or full model without LoRA), the tokenizer, `run.json`
-(config, versions, seed, git revision) and the trainer's logs/checkpoints.
+Writes to `output_dir`: the adapter (or full model without LoRA), the tokenizer, `README.md` (our
+model card, `napo.cards`), `run.json` (config, versions, seed, git revision) and the trainer's
+logs/checkpoints. `push_to_hub: true` uploads it once.
 """
 
 from dataclasses import asdict
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTConfig, get_peft_config
 
 from data_prep.errors import UserError
+from napo.cards import command_line, dataset_facts
 from napo.config import DatasetArguments
 from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
+from napo.hub import RecSFTTrainer, base_model_facts
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.scripts.parser import ScriptParser, fail
 from napo.utils import write_run_info
@@ -47,6 +50,7 @@ def main(argv=None):
         )
         check_item_tokens(tokenizer, meta, items)
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        base = base_model_facts(model_args.model_name_or_path)  # the base's Hub id, recorded at load time
         # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
         for split in [data_args.train_split] + ([data_args.eval_split] if training_args.eval_strategy != "no" else []):
             if split not in dataset:
@@ -59,7 +63,7 @@ def main(argv=None):
         fail(err)
 
     # Trainer (LoRA adapter from ModelConfig when use_peft is set).
-    trainer = SFTTrainer(
+    trainer = RecSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -67,6 +71,9 @@ def main(argv=None):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
+    trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
+                         "dataset": dataset_facts(data_args.source, meta, rows)}
     if trainer.accelerator.is_main_process:
         config = {
             "dataset": asdict(data_args),
