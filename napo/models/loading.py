@@ -163,9 +163,31 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def resolve_adapter(name_or_path: str, revision: str | None = None) -> str:
+    """A local directory holding the adapter ``name_or_path``: itself when local, else its Hub
+    snapshot (``huggingface_hub.snapshot_download``: cached, honours ``HF_HUB_OFFLINE``)."""
+    if Path(name_or_path).exists():
+        if not is_adapter_dir(name_or_path):
+            raise ModelLoadError(f"{name_or_path}: no {ADAPTER_CONFIG}; give the output_dir of a LoRA run or a Hub adapter id")
+        return str(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(repo_id=str(name_or_path), revision=revision)
+    except Exception as err:  # HfHubHTTPError, offline mode, invalid id: all mean "cannot reach it"
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"cannot reach adapter {name_or_path!r} (not a local directory; Hub: {first}); check the id, "
+            "the network, or HF_HUB_OFFLINE"
+        ) from err
+    if not is_adapter_dir(local):
+        raise ModelLoadError(f"Hub repo {name_or_path!r} has no {ADAPTER_CONFIG}: it is not a PEFT adapter")
+    return local
+
+
 def load_for_evaluation(args: Any) -> tuple[Any, Any]:
-    """(model, tokenizer) for evaluation (``napo.eval.config.EvalArguments``): the base model, with
-    ``args.adapter`` applied (and merged into the weights unless the base is 4-bit: same numbers,
+    """(model, tokenizer) for evaluation (``napo.eval.config.EvalArguments``): the base model (Hub id
+    or local dir), with ``args.adapter`` (Hub id or local dir) applied (and merged into the weights unless the base is 4-bit: same numbers,
     faster forward). The tokenizer saved beside the adapter wins, as it is the one training used."""
     from types import SimpleNamespace
 
@@ -177,11 +199,10 @@ def load_for_evaluation(args: Any) -> tuple[Any, Any]:
     if args.adapter:
         from peft import PeftModel
 
-        if not is_adapter_dir(args.adapter):
-            raise ModelLoadError(f"{args.adapter}: no adapter_config.json; give the output_dir of a LoRA run")
-        if (Path(args.adapter) / "tokenizer_config.json").is_file():
-            tokenizer = load_tokenizer(args.adapter)
-        model = PeftModel.from_pretrained(model, args.adapter)
+        adapter = resolve_adapter(args.adapter)  # a local dir, or the Hub adapter's snapshot
+        if (Path(adapter) / "tokenizer_config.json").is_file():
+            tokenizer = load_tokenizer(adapter)
+        model = PeftModel.from_pretrained(model, adapter)
         if not args.load_in_4bit:
             model = model.merge_and_unload()
     return model, tokenizer

@@ -13,6 +13,7 @@ SCRIPTS = {  # launcher -> (module, a misspelt key, what it should have been)
     "recipes/napo.py": ("napo.scripts.preference", "gamma", "gamma0"),
     "recipes/recsys.py": ("napo.scripts.recsys", "hiden", "hidden"),
     "recipes/evaluate.py": ("napo.scripts.evaluate", "batchsize", "batch_size"),
+    "recipes/export.py": ("napo.scripts.export", "adaptor", "adapter"),
 }
 
 
@@ -28,7 +29,7 @@ def test_misspelt_yaml_key_is_one_line_with_file_and_line(module, key, meant, tm
     ]
 
 
-@pytest.mark.slow  # four interpreters that import their stacks: ~20 s
+@pytest.mark.slow  # five interpreters that import their stacks: ~20 s
 @pytest.mark.parametrize("launcher", list(SCRIPTS))
 def test_help_through_the_launcher(launcher):
     """`python recipes/X.py --help` from the repository root: recipes/ is first on sys.path there,
