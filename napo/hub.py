@@ -146,7 +146,7 @@ class RunCardMixin:
         method = self.card_method()
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         hub_model_id = getattr(self, "hub_model_id", None) or args.hub_model_id
-        training = {k: getattr(args, k) for k in _TRAINING_KEYS if hasattr(args, k)}
+        training = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in _TRAINING_KEYS if hasattr(args, k)}
         training["num_processes"] = args.world_size
         training["global_step"] = self.state.global_step
         record = {

@@ -16,6 +16,7 @@ What is honoured: ``dtype``, ``attn_implementation``, ``model_revision`` and QLo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def model_init_kwargs(model_args: Any, training_args: Any | None = None) -> dict
         "attn_implementation": model_args.attn_implementation,
         "trust_remote_code": bool(getattr(training_args, "trust_remote_code", False)),
     }
-    quantization_config = get_quantization_config(model_args)
+    # trl passes `dtype` on as the 4-bit compute dtype, where "auto" is no dtype (AttributeError).
+    quant_args = replace(model_args, dtype=None) if model_args.dtype == "auto" else model_args
+    quantization_config = get_quantization_config(quant_args)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = kbit_device_map()
