@@ -36,6 +36,7 @@ from napo.data import check_item_tokens, check_objective_data, load_training_dat
 from napo.hub import base_model_facts
 from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
 from napo.scripts.parser import ScriptParser, fail
+from napo.tracking import LogHistoryCallback
 from napo.trainer import NAPOTrainer
 from napo.utils import write_run_info
 
@@ -72,6 +73,7 @@ def main(argv=None):
         eval_dataset=splits.get("eval"),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
     )
     rows = {k: len(v) for k, v in splits.items()}
     trainer.card_info = {**base, "command": command_line(argv, "napo-train"),

@@ -31,6 +31,7 @@ from napo.data import TrainingDataError, check_item_tokens, load_training_data, 
 from napo.hub import RecSFTTrainer, base_model_facts
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.scripts.parser import ScriptParser, fail
+from napo.tracking import LogHistoryCallback
 from napo.utils import write_run_info
 
 
@@ -70,6 +71,7 @@ def main(argv=None):
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
     )
     rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
     trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
