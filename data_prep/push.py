@@ -13,7 +13,6 @@ protocol, the counts and the fingerprint of ``meta.json``. A push is one ``creat
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -53,7 +52,7 @@ def dataset_card(meta: dict, splits: dict[str, int], num_items: int) -> str:
              "`items.jsonl` maps item ids to titles, `meta.json` records how it was made.", "",
              "| property | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
              "```python", "from datasets import load_dataset", "",
-             f'dataset = load_dataset("REPO_ID")  # or dataset_name: REPO_ID in a napo config', "```", ""]
+             'dataset = load_dataset("REPO_ID")  # or dataset_name: REPO_ID in a napo config', "```", ""]
     return "\n".join(lines)
 
 
