@@ -20,7 +20,7 @@ SCRIPTS = {  # launcher -> (module, a misspelt key, what it should have been)
 @pytest.mark.parametrize("module,key,meant", SCRIPTS.values(), ids=list(SCRIPTS))
 def test_misspelt_yaml_key_is_one_line_with_file_and_line(module, key, meant, tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"dataset_dir: somewhere\n\n{key}: 3\n")
+    cfg.write_text(f"output_dir: somewhere\n\n{key}: 3\n")  # a key every script has
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(module).main(["--config", str(cfg)])
     assert stop.value.code == 2
