@@ -15,6 +15,7 @@ puts the loss on the completion tokens (title + EOS) only.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,29 @@ def load_training_data(data_args: Any) -> tuple[Any, Any, dict]:
         ) from err
     if isinstance(dataset, datasets.Dataset):
         dataset = datasets.DatasetDict({data_args.train_split: dataset})
-    meta = {"dataset": name, "source": "dataset_name", "config": data_args.dataset_config,
-            "item_format": None, "fingerprint": None, "num_candidates": None}
-    return dataset, pd.DataFrame({"item_id": [], "title": []}), meta
+    meta = {"dataset": name, "item_format": None, "fingerprint": None, "num_candidates": None}
+    items = pd.DataFrame({"item_id": [], "title": []})
+    side = _side_file(name, "meta.json", data_args.dataset_revision)
+    if side is not None:  # a prepared dataset published by data_prep.push: its meta and items
+        meta = json.loads(Path(side).read_text())
+        items_file = _side_file(name, "items.jsonl", data_args.dataset_revision)
+        if items_file is not None:
+            items = pd.read_json(items_file, lines=True)
+    meta.update({"source": "dataset_name", "config": data_args.dataset_config})
+    return dataset, items, meta
+
+
+def _side_file(name: str, filename: str, revision: str | None) -> str | None:
+    """``filename`` beside the data of a local path or a Hub dataset repo, or None."""
+    if Path(name).exists():
+        path = Path(name) / filename
+        return str(path) if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(name, filename, repo_type="dataset", revision=revision)
+    except Exception:  # absent file, offline, not a repo: a dataset without side files
+        return None
 
 
 def _is_text(feature: Any) -> bool:
@@ -151,10 +172,10 @@ def as_listwise(split: Any) -> Any:
         raise TrainingDataError(
             f"column 'rejected' must hold a string or a list of strings (got {split.features['rejected']})"
         )
-    from datasets import List, Value
+    from datasets import Sequence, Value  # Sequence: datasets 3.x; a List in datasets >= 4
 
     features = split.features.copy()
-    features["rejected"] = List(Value("string"))
+    features["rejected"] = Sequence(Value("string"))
     return split.map(lambda row: {"rejected": [row["rejected"]]}, features=features,
                      desc="One negative per row (string `rejected`)")
 

@@ -52,3 +52,17 @@ def test_stage_only_writes_the_folder(tmp_path):
     out = stage(data, tmp_path / "stage")
     assert sorted(p.name for p in (out / "data").iterdir()) == ["test.parquet", "train.parquet", "valid.parquet"]
     assert main([str(data)]) == 2  # neither --repo-id nor --stage-dir
+
+
+def test_pushed_folder_trains_through_dataset_name_with_its_meta(tmp_path):
+    """The published folder, read back as `dataset_name`, keeps meta.json (fingerprint) and items."""
+    from napo.config import DatasetArguments
+    from napo.data import has_item_ids, load_training_data
+
+    data = synthetic_prepared(tmp_path / "data", num_items=30, rows=(4, 2, 2), num_candidates=5, seed=3)
+    out = stage(data, tmp_path / "stage")
+    dataset, items, meta = load_training_data(DatasetArguments(dataset_name=str(out)))
+    _, items0, meta0 = load_prepared(data)
+    assert meta["fingerprint"] == meta0["fingerprint"] and meta["source"] == "dataset_name"
+    assert items["item_id"].tolist() == items0["item_id"].tolist()
+    assert has_item_ids(dataset["train"])  # sharing and the margin may use it
