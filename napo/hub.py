@@ -10,7 +10,7 @@
   ``upload_folder``. (``hub_strategy`` checkpoint pushes during training are transformers' own.)
 - :func:`hub_id_of` finds the Hub id behind what was loaded (a Hub id, a Hub cache snapshot, an
   adapter directory); a local-only model has none and the card says so.
-- :func:`push_folder` uploads a directory once (export, prepared datasets).
+- :func:`push_folder` uploads a directory once (napo-export; data_prep.push does the same for datasets).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from napo.cards import CARD_RECORD, command_line, read_card, write_card
+from napo.cards import command_line, read_card, write_card
 from napo.utils import package_versions
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -199,6 +199,3 @@ def push_folder(folder: str | Path, repo_id: str, *, repo_type: str = "model", p
     repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     return api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
                              repo_type=repo_type, commit_message=commit_message)
-
-
-__all__ = ["CARD_RECORD", "RecSFTTrainer", "RunCardMixin", "base_model_facts", "hub_id_of", "push_folder"]
