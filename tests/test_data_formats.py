@@ -139,3 +139,22 @@ def test_napo_on_data_without_item_ids_stops_with_one_line(trl_dataset_dir, tiny
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "has no item ids" in err[0] and "share_negatives" in err[0]
+
+
+def test_sft_trains_on_trl_prompt_completion_rows(trl_dataset_dir, tiny_item_tokens):
+    """SFT through dataset_name on TRL's prompt/completion rows: the loss covers completion + EOS only."""
+    from napo.scripts.sft import main
+
+    root, model_dir = trl_dataset_dir, tiny_item_tokens[1]
+    rows = [json.loads(line) for line in (root / "data" / "train.jsonl").read_text().splitlines()]
+    (root / "pc").mkdir(exist_ok=True)
+    (root / "pc" / "train.jsonl").write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows))
+    config = _config(root, model_dir, "sft", dataset_name=str(root / "pc"))
+    trainer = main(["--config", config])
+    assert trainer.state.global_step == 2 and len(trainer.train_dataset) == len(rows)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    first = trainer.train_dataset[0]
+    completion = tok(rows[0]["chosen"], add_special_tokens=False)["input_ids"]
+    supervised = [t for t in first["labels"] if t != -100]
+    assert supervised == completion + [tok.eos_token_id]  # the title's tokens and EOS, no prompt
