@@ -322,10 +322,25 @@ class AdapterArguments:
 
 @dataclass
 class DatasetArguments:
-    """Which prepared dataset an LLM script trains on (docs/contracts.md)."""
+    """Which dataset an LLM script trains on: a prepared directory (docs/contracts.md) or any
+    preference / prompt-completion dataset that ``datasets.load_dataset`` reads (Hub id or path)."""
 
     dataset_dir: str | None = field(
         default=None, metadata={"help": "Prepared dataset directory (output of `python -m data_prep`)."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of dataset_dir: a Hub dataset id or a local path read with "
+            "datasets.load_dataset (TRL's prompt/chosen/rejected, rejected a string or a list; "
+            "prompt/completion for SFT). No item ids: sharing and the dynamic margin are refused."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "With dataset_name: the dataset's configuration (subset) name."}
+    )
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "With dataset_name: the Hub revision (branch, tag or commit)."}
     )
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(default="valid", metadata={"help": "Split used for evaluation during training."})
@@ -337,5 +352,13 @@ class DatasetArguments:
     )
 
     def __post_init__(self):
-        if self.dataset_dir is None:
-            raise UserError("dataset_dir is not set: add `dataset_dir: DIR` to the config or pass --dataset_dir")
+        if (self.dataset_dir is None) == (self.dataset_name is None):
+            raise UserError(
+                "give exactly one of dataset_dir (a prepared directory) and dataset_name (a Hub id or "
+                "a path for datasets.load_dataset), in the config or as --dataset_dir / --dataset_name"
+            )
+
+    @property
+    def source(self) -> str:
+        """The dataset as the user named it (for messages and model cards)."""
+        return self.dataset_dir or self.dataset_name

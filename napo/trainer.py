@@ -11,6 +11,8 @@ This class replaces only what a listwise objective must (each pinned by tests/te
   loss (napo.losses), plus metrics;
 - ``prediction_step``: evaluation returns the loss only (there are no logits to return).
 
+The model card and the Hub push are ``napo.hub.RunCardMixin``'s (our card, one upload per push).
+
 The reference is never a second model copy: it is the policy with its LoRA adapter disabled, or,
 when the policy continues a pretrained (SFT) adapter, TRL's frozen copy of that adapter named
 "ref" (created by DPOTrainer.__init__), or precomputed log-probs.
@@ -43,6 +45,7 @@ from napo.collator import (
     tokenize_preference_dataset,
 )
 from napo.config import NAPOConfig, NAPOConfigError
+from napo.hub import RunCardMixin
 from napo.losses import listwise_preference_loss, preference_rewards
 from napo.margin import DynamicMargin
 from napo.scoring import borrowed_completions, completion_logps
@@ -75,7 +78,7 @@ class _MarginCheckpointCallback(TrainerCallback):
             path.write_text(json.dumps(self.trainer.margin.state_dict()))
 
 
-class NAPOTrainer(DPOTrainer):
+class NAPOTrainer(RunCardMixin, DPOTrainer):
     """Listwise preference trainer; see the module docstring and ``napo.config.NAPOConfig``.
 
     Same arguments as ``trl.DPOTrainer`` except ``ref_model`` (must stay None: the reference is

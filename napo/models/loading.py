@@ -16,6 +16,7 @@ What is honoured: ``dtype``, ``attn_implementation``, ``model_revision`` and QLo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def model_init_kwargs(model_args: Any, training_args: Any | None = None) -> dict
         "attn_implementation": model_args.attn_implementation,
         "trust_remote_code": bool(getattr(training_args, "trust_remote_code", False)),
     }
-    quantization_config = get_quantization_config(model_args)
+    # trl passes `dtype` on as the 4-bit compute dtype, where "auto" is no dtype (AttributeError).
+    quant_args = replace(model_args, dtype=None) if model_args.dtype == "auto" else model_args
+    quantization_config = get_quantization_config(quant_args)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = kbit_device_map()
@@ -163,9 +166,31 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def resolve_adapter(name_or_path: str, revision: str | None = None) -> str:
+    """A local directory holding the adapter ``name_or_path``: itself when local, else its Hub
+    snapshot (``huggingface_hub.snapshot_download``: cached, honours ``HF_HUB_OFFLINE``)."""
+    if Path(name_or_path).exists():
+        if not is_adapter_dir(name_or_path):
+            raise ModelLoadError(f"{name_or_path}: no {ADAPTER_CONFIG}; give the output_dir of a LoRA run or a Hub adapter id")
+        return str(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(repo_id=str(name_or_path), revision=revision)
+    except Exception as err:  # HfHubHTTPError, offline mode, invalid id: all mean "cannot reach it"
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"cannot reach adapter {name_or_path!r} (not a local directory; Hub: {first}); check the id, "
+            "the network, or HF_HUB_OFFLINE"
+        ) from err
+    if not is_adapter_dir(local):
+        raise ModelLoadError(f"Hub repo {name_or_path!r} has no {ADAPTER_CONFIG}: it is not a PEFT adapter")
+    return local
+
+
 def load_for_evaluation(args: Any) -> tuple[Any, Any]:
-    """(model, tokenizer) for evaluation (``napo.eval.config.EvalArguments``): the base model, with
-    ``args.adapter`` applied (and merged into the weights unless the base is 4-bit: same numbers,
+    """(model, tokenizer) for evaluation (``napo.eval.config.EvalArguments``): the base model (Hub id
+    or local dir), with ``args.adapter`` (Hub id or local dir) applied (and merged into the weights unless the base is 4-bit: same numbers,
     faster forward). The tokenizer saved beside the adapter wins, as it is the one training used."""
     from types import SimpleNamespace
 
@@ -177,11 +202,10 @@ def load_for_evaluation(args: Any) -> tuple[Any, Any]:
     if args.adapter:
         from peft import PeftModel
 
-        if not is_adapter_dir(args.adapter):
-            raise ModelLoadError(f"{args.adapter}: no adapter_config.json; give the output_dir of a LoRA run")
-        if (Path(args.adapter) / "tokenizer_config.json").is_file():
-            tokenizer = load_tokenizer(args.adapter)
-        model = PeftModel.from_pretrained(model, args.adapter)
+        adapter = resolve_adapter(args.adapter)  # a local dir, or the Hub adapter's snapshot
+        if (Path(adapter) / "tokenizer_config.json").is_file():
+            tokenizer = load_tokenizer(adapter)
+        model = PeftModel.from_pretrained(model, adapter)
         if not args.load_in_4bit:
             model = model.merge_and_unload()
     return model, tokenizer

@@ -17,13 +17,16 @@ napo-eval --compare runs/eval/popularity runs/eval/sasrec runs/eval/sft --output
 ```
 
 Every setting is a field of `napo.eval.config.EvalArguments` (YAML `--config` or flags).
-Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/report.md, OUT/plots/*.png, OUT/run.json.
+Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/report.md, OUT/plots/*.png, OUT/run.json, and
+adds the ranking metrics to the model card (README.md) of the evaluated adapter / model directory
+when this toolkit trained it. Base model and adapter may each be a Hub id or a local directory.
 """
 
 import sys
 from pathlib import Path
 
 from data_prep.errors import UserError
+from napo.cards import add_evaluation
 from napo.eval.config import EvalArguments
 from napo.eval.report import compare
 from napo.eval.runner import evaluate, load_split, process_state
@@ -66,6 +69,12 @@ def main(argv=None) -> int:
             keys = ("hr@1", "hr@10", "ndcg@10", "mrr") if section == "rank" else ("hr@1", "valid_ratio", "hr@1_valid")
             summary += [f"{section} {k}={sec[k]:.4f}" for k in keys if sec.get(k) is not None]
         print(f"{metrics['num_examples']} examples: " + ", ".join(summary) + f" -> {args.output_dir}")
+        # The evaluated output's model card gets this evaluation (a local dir this toolkit trained).
+        for model_dir in (args.adapter, args.model_name_or_path):
+            if model_dir and Path(model_dir).is_dir() and add_evaluation(
+                    model_dir, metrics, name=args.name or Path(args.output_dir).name):
+                print(f"model card updated: {Path(model_dir) / 'README.md'}")
+                break
     # Leaving a gloo/NCCL group alive until interpreter exit aborts a worker now and then
     # ("terminate called without an active exception", exit -6) after all work is done.
     state.destroy_process_group()

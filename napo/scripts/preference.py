@@ -21,7 +21,8 @@ accelerate launch recipes/napo.py --config recipes/configs/ml-100k/napo-tiny.yam
 ```
 
 Writes to `output_dir`: the trained adapter (a continued SFT adapter's frozen copy under `ref/`), the
-tokenizer, `run.json` (config, versions, seed, git revision) and the trainer's logs/checkpoints.
+tokenizer, `README.md` (our model card, `napo.cards`), `run.json` (config, versions, seed, git
+revision) and the trainer's logs/checkpoints. `push_to_hub: true` uploads it once.
 """
 
 from dataclasses import asdict, replace
@@ -29,11 +30,13 @@ from dataclasses import asdict, replace
 from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
-from data_prep.prepared import load_prepared
+from napo.cards import command_line, dataset_facts
 from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
-from napo.data import check_item_tokens, preference_splits
+from napo.data import check_item_tokens, check_objective_data, load_training_data, preference_splits
+from napo.hub import base_model_facts
 from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
 from napo.scripts.parser import ScriptParser, fail
+from napo.tracking import LogHistoryCallback
 from napo.trainer import NAPOTrainer
 from napo.utils import write_run_info
 
@@ -49,11 +52,14 @@ def main(argv=None):
     # is the SFT model.
     sft = adapter_args.sft_adapter or model_args.model_name_or_path
     try:
-        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        dataset, items, meta = load_training_data(data_args)
+        if data_args.train_split in dataset:  # sharing / margin / aux need item ids: refuse early
+            check_objective_data(training_args, dataset[data_args.train_split], data_args.source)
         splits = preference_splits(dataset, meta, data_args, training_args.aux_dir,
                                    with_eval=training_args.eval_strategy != "no")
         model, tokenizer = load_model_and_tokenizer(replace(model_args, model_name_or_path=sft), training_args,
                                                     merge_adapter=False)
+        base = base_model_facts(sft)  # the base model's Hub id (None for a local-only model)
         peft_config = None if is_adapter_dir(sft) else get_peft_config(model_args)
         check_item_tokens(tokenizer, meta, items)
     except UserError as err:
@@ -67,7 +73,11 @@ def main(argv=None):
         eval_dataset=splits.get("eval"),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
     )
+    rows = {k: len(v) for k, v in splits.items()}
+    trainer.card_info = {**base, "command": command_line(argv, "napo-train"),
+                         "dataset": dataset_facts(data_args.source, meta, rows)}
     if trainer.accelerator.is_main_process:
         config = {
             "dataset": asdict(data_args),

@@ -11,6 +11,7 @@ set in the YAML file and overridden on the command line (`--loss bce --sampler p
     OUT/aux/           user vectors + candidate scores for every row of every split (NAPO)
     OUT/checkpoint/    model.safetensors + config.json of the selected (best valid) model
     OUT/run.json       config, seed, versions, git revision
+    OUT/README.md      the model card (napo.cards): model and paper, dataset fingerprint, test metrics
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ import torch
 
 from data_prep.errors import UserError
 from napo.auxiliary import write_aux, write_item_vectors
+from napo.cards import command_line, dataset_facts, write_card
 from napo.recsys.data import load_dataset_dir
 from napo.recsys.train import (
     RecConfig,
@@ -33,7 +35,7 @@ from napo.recsys.train import (
     split_metrics,
 )
 from napo.scripts.parser import ScriptParser, fail
-from napo.utils import set_seed, write_run_info
+from napo.utils import package_versions, set_seed, write_run_info
 
 
 def main(argv=None) -> int:
@@ -78,6 +80,18 @@ def main(argv=None) -> int:
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(run_args.dataset_dir),
                          "dataset_fingerprint": meta["fingerprint"], "history": result.history},
                    cfg.seed)
+    write_card(out, {  # README.md: the model card of a recommender without an LLM (napo.cards)
+        "method": cfg.model, "model_name": out.name, "command": command_line(argv, "napo-recsys"),
+        "dataset": dataset_facts(str(run_args.dataset_dir), meta),
+        "objective": {"loss": cfg.loss, "sampler": cfg.sampler, "num_negatives": cfg.num_negatives},
+        "training": {"hidden": cfg.hidden, "lr": cfg.lr, "max_epochs": cfg.max_epochs,
+                     "best_epoch": result.best_epoch, "seed": cfg.seed},
+        "evaluations": [{"name": "napo-recsys", "dataset": meta.get("dataset"), "split": "test",
+                         "num_examples": (meta.get("counts") or {}).get("splits", {}).get("test", {}).get("examples"),
+                         "metrics": {k: metrics[k] for k in ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")
+                                     if k in metrics}}],
+        "versions": package_versions(),
+    })
     shown = {k: round(metrics[k], 4) for k in ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr",
                                                "full/hr@10", "full/ndcg@10") if k in metrics}
     print(f"{cfg.model} test {json.dumps(shown)} -> {out / 'metrics.json'}")

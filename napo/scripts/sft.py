@@ -15,20 +15,23 @@ python -m napo.models.tiny --dataset-dir runs/data/ml-100k-tokens --output-dir r
 napo-sft --config recipes/configs/ml-100k/sft-tiny.yaml
 ```
 
-Writes to `output_dir`: the adapter (or full model without LoRA), the tokenizer, `run.json`
-(config, versions, seed, git revision) and the trainer's logs/checkpoints.
+Writes to `output_dir`: the adapter (or full model without LoRA), the tokenizer, `README.md` (our
+model card, `napo.cards`), `run.json` (config, versions, seed, git revision) and the trainer's
+logs/checkpoints. `push_to_hub: true` uploads it once.
 """
 
 from dataclasses import asdict
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTConfig, get_peft_config
 
 from data_prep.errors import UserError
-from data_prep.prepared import load_prepared
+from napo.cards import command_line, dataset_facts
 from napo.config import DatasetArguments
-from napo.data import check_item_tokens, to_prompt_completion
+from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
+from napo.hub import RecSFTTrainer, base_model_facts
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.scripts.parser import ScriptParser, fail
+from napo.tracking import LogHistoryCallback
 from napo.utils import write_run_info
 
 
@@ -40,7 +43,7 @@ def main(argv=None):
     # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
     # run with one line before any weights are loaded.
     try:
-        dataset, items, meta = load_prepared(data_args.dataset_dir)
+        dataset, items, meta = load_training_data(data_args)
         tokenizer = load_tokenizer(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
@@ -48,7 +51,11 @@ def main(argv=None):
         )
         check_item_tokens(tokenizer, meta, items)
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        base = base_model_facts(model_args.model_name_or_path)  # the base's Hub id, recorded at load time
         # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
+        for split in [data_args.train_split] + ([data_args.eval_split] if training_args.eval_strategy != "no" else []):
+            if split not in dataset:
+                raise TrainingDataError(f"{data_args.source}: no split {split!r} (has {', '.join(dataset)})")
         train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples)
         eval_dataset = None
         if training_args.eval_strategy != "no":
@@ -57,14 +64,18 @@ def main(argv=None):
         fail(err)
 
     # Trainer (LoRA adapter from ModelConfig when use_peft is set).
-    trainer = SFTTrainer(
+    trainer = RecSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
     )
+    rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
+    trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
+                         "dataset": dataset_facts(data_args.source, meta, rows)}
     if trainer.accelerator.is_main_process:
         config = {
             "dataset": asdict(data_args),

@@ -100,3 +100,16 @@ def test_recsys_script_does_not_import_trl(cycle_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trl loaded: []" in proc.stdout
     assert (tmp_path / "o" / "metrics.json").is_file()
+
+
+def test_model_card(run_dir, cycle_dataset):
+    """README.md: SASRec and its paper, the dataset fingerprint, the test metrics of metrics.json."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    meta = json.loads((Path(cycle_dataset) / "meta.json").read_text())
+    lines = (run_dir / "README.md").read_text().splitlines()
+    assert lines[:5] == ["---", "tags:", "- recommendation", "- sasrec", "---"]  # no trl / peft: no LLM
+    assert "SASRec: Self-Attentive Sequential Recommendation (ICDM 2018, arXiv:1808.09781)." in lines
+    assert f"| fingerprint | {meta['fingerprint']} |" in lines
+    row = next(line for line in lines if line.startswith("| napo-recsys |"))
+    assert f"| {metrics['hr@1']:.4f} |" in row and row.endswith(f"| {metrics['mrr']:.4f} |")
+    assert lines[lines.index("## Command") + 3].startswith("napo-recsys --config ")

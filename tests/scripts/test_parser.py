@@ -71,7 +71,8 @@ def test_unknown_flag_bad_value_and_failed_check_are_one_line(tmp_path, capsys):
         _parser().parse(["--output_dir", "O", "--use_cpu", "true", "--bf16", "false"])
     assert exit_info.value.code == 2
     assert _error_lines(capsys) == [
-        "error: invalid settings: dataset_dir is not set: add `dataset_dir: DIR` to the config or pass --dataset_dir"
+        "error: invalid settings: give exactly one of dataset_dir (a prepared directory) and dataset_name (a Hub id "
+        "or a path for datasets.load_dataset), in the config or as --dataset_dir / --dataset_name"
     ]
 
 

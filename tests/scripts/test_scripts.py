@@ -13,13 +13,14 @@ SCRIPTS = {  # launcher -> (module, a misspelt key, what it should have been)
     "recipes/napo.py": ("napo.scripts.preference", "gamma", "gamma0"),
     "recipes/recsys.py": ("napo.scripts.recsys", "hiden", "hidden"),
     "recipes/evaluate.py": ("napo.scripts.evaluate", "batchsize", "batch_size"),
+    "recipes/export.py": ("napo.scripts.export", "adaptor", "adapter"),
 }
 
 
 @pytest.mark.parametrize("module,key,meant", SCRIPTS.values(), ids=list(SCRIPTS))
 def test_misspelt_yaml_key_is_one_line_with_file_and_line(module, key, meant, tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"dataset_dir: somewhere\n\n{key}: 3\n")
+    cfg.write_text(f"output_dir: somewhere\n\n{key}: 3\n")  # a key every script has
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(module).main(["--config", str(cfg)])
     assert stop.value.code == 2
@@ -28,7 +29,7 @@ def test_misspelt_yaml_key_is_one_line_with_file_and_line(module, key, meant, tm
     ]
 
 
-@pytest.mark.slow  # four interpreters that import their stacks: ~20 s
+@pytest.mark.slow  # five interpreters that import their stacks: ~20 s
 @pytest.mark.parametrize("launcher", list(SCRIPTS))
 def test_help_through_the_launcher(launcher):
     """`python recipes/X.py --help` from the repository root: recipes/ is first on sys.path there,

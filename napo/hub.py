@@ -1,0 +1,201 @@
+"""The Hugging Face Hub side of a run: our model card on every save, one upload per push.
+
+- :class:`RunCardMixin` goes before a TRL trainer in the bases (``NAPOTrainer``,
+  :class:`RecSFTTrainer`). It replaces TRL's generic card (``create_model_card``) with
+  ``napo.cards`` (method and paper by ``loss_type``, base model's Hub id, LoRA / quantization,
+  dataset, objective, command, versions), writes it on every ``save_model``, and makes
+  ``save_model`` never upload: transformers' ``save_model`` pushes when ``push_to_hub`` is set and
+  ``push_to_hub`` saves again, so a script's save-then-push uploaded twice. A push is now one
+  ``create_repo`` (at trainer creation, or in ``push_to_hub`` when none was made) and one
+  ``upload_folder``. (``hub_strategy`` checkpoint pushes during training are transformers' own.)
+- :func:`hub_id_of` finds the Hub id behind what was loaded (a Hub id, a Hub cache snapshot, an
+  adapter directory); a local-only model has none and the card says so.
+- :func:`push_folder` uploads a directory once (napo-export; data_prep.push does the same for datasets).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from trl import SFTTrainer
+
+from napo.cards import command_line, read_card, write_card
+from napo.utils import package_versions
+
+ADAPTER_CONFIG = "adapter_config.json"
+_CACHE_DIR = re.compile(r"^(models|datasets)--(.+)$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def hub_id_of(name_or_path: str | None) -> str | None:
+    """The Hub id behind ``name_or_path``, or None for a model that exists only locally.
+
+    A Hub id is returned as is; a Hub cache snapshot (``.../models--org--name/snapshots/REV``)
+    gives ``org/name``; an adapter directory gives its base's id; a local directory whose card
+    records where it was pushed (``hub_model_id``) gives that; any other local path gives None.
+    """
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    if path.exists():
+        for part in reversed(path.resolve().parts):
+            match = _CACHE_DIR.match(part)
+            if match:
+                return match.group(2).replace("--", "/")
+        if (path / ADAPTER_CONFIG).is_file():
+            return hub_id_of(json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path"))
+        return (read_card(path) or {}).get("hub_model_id")
+    text = str(name_or_path)
+    return text if _HUB_ID.match(text) and not text.startswith(".") else None
+
+
+def base_model_facts(loaded: str, init_adapter: str | None = None) -> dict:
+    """The card's base-model fields for a model loaded from ``loaded`` (Hub id, local dir, or
+    adapter dir whose base is then the base), recorded at load time."""
+    base_path = loaded
+    if loaded and (Path(loaded) / ADAPTER_CONFIG).is_file():
+        base_path = json.loads((Path(loaded) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        init_adapter = init_adapter or loaded
+    facts = {"base_model": hub_id_of(base_path), "base_model_path": str(base_path) if base_path else None}
+    if init_adapter:
+        facts["init_adapter"] = str(init_adapter)
+    return facts
+
+
+def adapter_facts(model: Any) -> dict | None:
+    """LoRA settings of the trained adapter ("default"), or None for a model without adapter."""
+    peft_config = getattr(model, "peft_config", None)
+    if not isinstance(peft_config, dict) or "default" not in peft_config:
+        return None
+    cfg = peft_config["default"]
+    targets = cfg.target_modules
+    return {
+        "r": cfg.r,
+        "alpha": cfg.lora_alpha,
+        "dropout": cfg.lora_dropout,
+        "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+    }
+
+
+def quantization_facts(model: Any) -> str | None:
+    """One line describing a bitsandbytes-quantized base, or None."""
+    config = getattr(model, "config", None)
+    qc = getattr(config, "quantization_config", None)
+    if qc is None:
+        return None
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    if qc.get("load_in_4bit"):
+        return (f"4-bit {qc.get('bnb_4bit_quant_type', 'fp4')} base (bitsandbytes, QLoRA), compute dtype "
+                f"{qc.get('bnb_4bit_compute_dtype')}, double quantization {bool(qc.get('bnb_4bit_use_double_quant'))}")
+    if qc.get("load_in_8bit"):
+        return "8-bit base (bitsandbytes LLM.int8)"
+    return f"{qc.get('quant_method', 'quantized')} base"
+
+
+_OBJECTIVE_KEYS = {
+    "dpo": ("loss_type", "beta", "num_negatives", "reference", "negative_sampling", "length_normalize"),
+    "sdpo": ("loss_type", "beta", "num_negatives", "reference", "negative_sampling", "length_normalize"),
+    "napo": ("loss_type", "beta", "num_negatives", "reference", "negative_sampling", "length_normalize",
+             "share_negatives", "share_ratio", "similarity", "share_mode", "napo_mode", "gamma0",
+             "margin_alpha", "margin_momentum", "margin_mode", "margin_clamp"),
+}
+_TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "num_train_epochs", "max_steps",
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+
+
+def objective_facts(args: Any, method: str) -> dict:
+    if method == "sft":
+        return {"loss": "negative log-likelihood of the completion (prompt masked)"
+                if getattr(args, "completion_only_loss", None) is not False else "negative log-likelihood",
+                "max_length": getattr(args, "max_length", None)}
+    return {k: getattr(args, k) for k in _OBJECTIVE_KEYS[method] if hasattr(args, k)}
+
+
+def record_base_in_adapter_config(output_dir: str | Path, hub_id: str | None) -> None:
+    """Adapter configs carry the base model's Hub id: a base loaded from the Hub cache is stored
+    by PEFT as its snapshot path, useless on another machine; replace it by the Hub id."""
+    path = Path(output_dir) / ADAPTER_CONFIG
+    if hub_id is None or not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    stored = config.get("base_model_name_or_path")
+    if stored and stored != hub_id and hub_id_of(stored) == hub_id and Path(stored).exists():
+        config["base_model_name_or_path"] = hub_id
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+class RunCardMixin:
+    """Our model card on every save; ``save_model`` never uploads (see the module docstring).
+
+    Set ``trainer.card_info`` (dataset facts, base-model facts, ...) before training; the rest is
+    read from the trainer (method from ``loss_type``, adapter, quantization, settings).
+    """
+
+    card_info: dict | None = None
+
+    def card_method(self) -> str:
+        from napo.config import NAPOConfig
+
+        return self.args.loss_type if isinstance(self.args, NAPOConfig) else "sft"
+
+    def model_card_record(self, model_name: str | None = None) -> dict:
+        args = self.args
+        method = self.card_method()
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        hub_model_id = getattr(self, "hub_model_id", None) or args.hub_model_id
+        training = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in _TRAINING_KEYS if hasattr(args, k)}
+        training["num_processes"] = args.world_size
+        training["global_step"] = self.state.global_step
+        record = {
+            "method": method,
+            "model_name": model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name),
+            "hub_model_id": hub_model_id if args.push_to_hub or getattr(self, "hub_model_id", None) else None,
+            "adapter": adapter_facts(model),
+            "quantization": quantization_facts(model),
+            "objective": objective_facts(args, method),
+            "training": training,
+            "command": command_line(),
+            "versions": package_versions(),
+            "evaluations": [],
+        }
+        record.update(self.card_info or {})
+        previous = read_card(args.output_dir) or {}
+        if (previous.get("training") or {}).get("global_step") == self.state.global_step:
+            record["evaluations"] = previous.get("evaluations", [])  # same weights: evaluations still hold
+        return record
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None, **kwargs):
+        """Write OUT/README.md (and OUT/napo_card.json) with ``napo.cards`` instead of TRL's card."""
+        if not self.is_world_process_zero():
+            return
+        write_card(self.args.output_dir, self.model_card_record(model_name))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save weights, tokenizer and card; never upload (``push_to_hub`` is the one upload)."""
+        super().save_model(output_dir, _internal_call=True)
+        if self.is_world_process_zero():
+            target = output_dir or self.args.output_dir
+            record_base_in_adapter_config(target, (self.card_info or {}).get("base_model"))
+            if Path(target).resolve() == Path(self.args.output_dir).resolve():
+                self.create_model_card()
+
+
+class RecSFTTrainer(RunCardMixin, SFTTrainer):
+    """TRL's SFTTrainer with our model card and a single upload per push."""
+
+    _tag_names = ["trl", "sft", "recommendation"]
+
+
+def push_folder(folder: str | Path, repo_id: str, *, repo_type: str = "model", private: bool | None = None,
+                token: str | None = None, commit_message: str = "Upload with napo") -> Any:
+    """One ``create_repo`` (exist_ok) and one ``upload_folder`` of ``folder``; returns the commit."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
+                             repo_type=repo_type, commit_message=commit_message)
