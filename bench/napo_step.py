@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--history", type=int, default=16, help="history titles per prompt (sets the prompt length)")
+    p.add_argument("--history", type=int, default=37, help="history titles per prompt (37: about 384 prompt tokens)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
