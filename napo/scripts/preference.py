@@ -30,8 +30,10 @@ from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
 from data_prep.prepared import load_prepared
+from napo.checkpoints import resolve_resume
 from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
 from napo.data import check_item_tokens, preference_splits
+from napo.guards import GuardArguments, attach_guards
 from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
 from napo.scripts.parser import ScriptParser, fail
 from napo.trainer import NAPOTrainer
@@ -40,8 +42,8 @@ from napo.utils import write_run_info
 
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys and invalid settings stop with one line.
-    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig))
-    data_args, adapter_args, training_args, model_args = parser.parse(argv)
+    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig, GuardArguments))
+    data_args, adapter_args, training_args, model_args, guard_args = parser.parse(argv)
 
     # Data first (fails before a model loads), then the model. An SFT LoRA adapter stays
     # trainable and DPOTrainer adds its frozen copy "ref" as the reference; a fully fine-tuned SFT
@@ -49,6 +51,7 @@ def main(argv=None):
     # is the SFT model.
     sft = adapter_args.sft_adapter or model_args.model_name_or_path
     try:
+        resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
         dataset, items, meta = load_prepared(data_args.dataset_dir)
         splits = preference_splits(dataset, meta, data_args, training_args.aux_dir,
                                    with_eval=training_args.eval_strategy != "no")
@@ -68,6 +71,7 @@ def main(argv=None):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    attach_guards(trainer, guard_args.nonfinite, resume)  # NaN/inf stop or skip; checkpoints marked complete
     if trainer.accelerator.is_main_process:
         config = {
             "dataset": asdict(data_args),
@@ -78,8 +82,11 @@ def main(argv=None):
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 
-    # Train, save (adapter + tokenizer), push.
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # Train (from the resolved checkpoint: `true` = the last complete one), save, push.
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except UserError as err:  # the non-finite guard's one line
+        fail(err)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     if training_args.push_to_hub:
