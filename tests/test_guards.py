@@ -9,7 +9,13 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from data_prep.prepared import load_prepared
-from napo.checkpoints import COMPLETE_MARKER, CheckpointError, is_complete, mark_complete, resolve_resume
+from napo.checkpoints import (
+    COMPLETE_MARKER,
+    CheckpointError,
+    is_complete,
+    mark_complete,
+    resolve_resume,
+)
 from napo.collator import add_aux_columns
 from napo.config import NAPOConfig
 from napo.guards import attach_guards

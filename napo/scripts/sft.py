@@ -25,8 +25,8 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from data_prep.errors import UserError
 from data_prep.prepared import load_prepared
-from napo.config import DatasetArguments
 from napo.checkpoints import resolve_resume
+from napo.config import DatasetArguments
 from napo.data import check_item_tokens, to_prompt_completion
 from napo.guards import GuardArguments, attach_guards
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
