@@ -11,63 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from peft import LoraConfig, PeftModel
+from helpers import TIMING, napo_config, sft_config
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_prep.prepared import load_prepared
-from napo.auxiliary import write_aux
 from napo.checkpoints import COMPLETE_MARKER, is_complete, resolve_resume
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "resume_driver.py"
-TIMING = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tiny_item_tokens):
-    """Prepared data, tiny model, an SFT adapter with LoRA dropout (dropout RNG matters), aux outputs."""
-    data_dir, model_dir = tiny_item_tokens
-    root = tmp_path_factory.mktemp("resume")
-    dataset, _, meta = load_prepared(data_dir)
-    torch.manual_seed(0)
-    sft = PeftModel(AutoModelForCausalLM.from_pretrained(model_dir),
-                    LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"],
-                               task_type="CAUSAL_LM", init_lora_weights=False))
-    sft.save_pretrained(root / "sft")
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(root / "sft")
-    gen = torch.Generator().manual_seed(0)
-    for split in dataset:
-        n = len(dataset[split])
-        write_aux(root / "aux", split, torch.randn(n, 6, generator=gen), torch.randn(n, 8, generator=gen),
-                  dataset_fingerprint=meta["fingerprint"], model="SASRec")
-    return {"root": root, "data": data_dir, "model": model_dir}
-
-
-def napo_config(inputs, out):
-    """Sharing + dynamic margin (loss_type napo), negatives resampled each epoch (16 rows / 4 = 4
-    steps per epoch, 6 steps cross an epoch), a checkpoint every 2 steps."""
-    return dict(
-        dataset_dir=str(inputs["data"]), sft_adapter=str(inputs["root"] / "sft"), aux_dir=str(inputs["root"] / "aux"),
-        output_dir=str(out), loss_type="napo", negative_sampling="resample", per_device_train_batch_size=4,
-        max_steps=6, learning_rate=1e-2, logging_steps=1, report_to="none", use_cpu=True,
-        gradient_checkpointing=False, save_strategy="steps", save_steps=2, eval_strategy="no",
-        dataloader_pin_memory=False, disable_tqdm=True, seed=3,
-    )
-
-
-def sft_config(inputs, out):
-    return dict(
-        dataset_dir=str(inputs["data"]), model_name_or_path=str(inputs["model"]), output_dir=str(out),
-        per_device_train_batch_size=4, max_steps=6, learning_rate=3e-3, use_peft=True, lora_r=4,
-        lora_alpha=8, lora_dropout=0.1, lora_target_modules=["q_proj", "v_proj"], logging_steps=1,
-        save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, bf16=False,
-        activation_checkpointing=False, disable_tqdm=True, seed=3, dataloader_pin_memory=False,
-    )
+def inputs(napo_inputs):
+    return napo_inputs
 
 
 RECIPES = {"napo.scripts.preference": napo_config, "napo.scripts.sft": sft_config}
