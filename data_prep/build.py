@@ -29,7 +29,13 @@ from data_prep import prompts, sequences
 from data_prep.errors import DataPrepError
 from data_prep.prepared import COLUMNS, FORMAT_VERSION, SPLITS, fingerprint
 from data_prep.sources import Examples, SourceData, load_source
-from data_prep.writer import SplitWriter, write_dataset_dict_json, write_items, write_meta
+from data_prep.writer import (
+    SplitWriter,
+    items_jsonl,
+    write_dataset_dict_json,
+    write_items,
+    write_meta,
+)
 
 # Arguments that change nothing in the output; they stay out of meta.json and its fingerprint.
 _NOT_CONTENT = {"output_dir", "overwrite", "quiet"}
@@ -162,7 +168,9 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
             )
         split_info[split] = {"examples": int(len(ex)), "users": int(len(np.unique(ex.user_id))),
                              "mean_history": round(float(np.diff(ex.hist_offsets).mean()), 4)}
-    meta = make_meta(args, src, info, split_info, tmpl)
+    items_sha = hashlib.sha256(items_jsonl(items["item_id"].tolist(), items["title"].tolist(),
+                                           counts.tolist())).hexdigest()
+    meta = make_meta(args, src, info, split_info, tmpl, files={"items.jsonl": {"sha256": items_sha}})
     lap("sequences")
 
     catalogue = items["item_id"].to_numpy(np.int64)
@@ -228,7 +236,7 @@ def _seed(*parts: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(list(parts))
 
 
-def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict:
+def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: dict | None = None) -> dict:
     recorded = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONTENT}
     meta = {
         "format_version": FORMAT_VERSION,
@@ -246,6 +254,8 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict
         "extra_files": sorted(f"{name}.csv" for name in src.extra_tables),
         "package_version": package_version(),
     }
+    if files:  # checksums of side files, checked on load (an edit after writing is caught)
+        meta["files"] = files
     meta["fingerprint"] = fingerprint(meta)
     return meta
 

@@ -98,6 +98,10 @@ def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame,
     items_path = root / "items.jsonl"
     if not items_path.is_file():
         raise PreparedDataError(f"{items_path}: missing; prepare the data again")
+    want_sha = meta.get("files", {}).get("items.jsonl", {}).get("sha256")
+    if want_sha and hashlib.sha256(items_path.read_bytes()).hexdigest() != want_sha:
+        raise PreparedDataError(f"{items_path}: edited after writing (sha256 differs from meta.json's "
+                                "files.items.jsonl); prepare the data again")
     items = pd.read_json(items_path, lines=True, dtype={"item_id": "int64", "title": "str", "train_count": "int64"})
     for col in ("item_id", "title", "train_count"):
         if col not in items:

@@ -68,12 +68,17 @@ def write_dataset_dict_json(folder: Path, splits: list[str]) -> None:
     (folder / "dataset_dict.json").write_text(json.dumps({"splits": splits}))
 
 
+def items_jsonl(item_ids, titles, train_counts) -> bytes:
+    """The bytes of items.jsonl: one `{"item_id", "title", "train_count"}` line per catalogue item."""
+    return "".join(
+        json.dumps({"item_id": int(item_id), "title": title, "train_count": int(count)}, ensure_ascii=False) + "\n"
+        for item_id, title, count in zip(item_ids, titles, train_counts, strict=True)
+    ).encode("utf-8")
+
+
 def write_items(folder: Path, item_ids, titles, train_counts) -> None:
-    """items.jsonl: one `{"item_id", "title", "train_count"}` line per catalogue item."""
-    with open(folder / "items.jsonl", "w", encoding="utf-8") as f:
-        for item_id, title, count in zip(item_ids, titles, train_counts, strict=True):
-            f.write(json.dumps({"item_id": int(item_id), "title": title, "train_count": int(count)},
-                               ensure_ascii=False) + "\n")
+    """items.jsonl (see items_jsonl)."""
+    (folder / "items.jsonl").write_bytes(items_jsonl(item_ids, titles, train_counts))
 
 
 def write_meta(folder: Path, meta: dict) -> None:
