@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -12,7 +13,14 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from data_prep.errors import UserError
-from data_prep.render import ID_COLUMNS, TEMPLATES_FILE, item_strings, render_table, template_choice
+from data_prep.render import (
+    ID_COLUMNS,
+    ID_SCHEMA,
+    TEMPLATES_FILE,
+    item_strings,
+    render_table,
+    template_choice,
+)
 
 # The contract, defined once (docs/contracts.md section 1); every reader and writer imports it.
 SPLITS = ("train", "valid", "test")
@@ -118,9 +126,16 @@ def load_prepared(path: str | Path, text: bool = True) -> tuple[datasets.Dataset
             f"{items_path}: {len(items)} items but meta.json says {meta['counts']['items']}; prepare the data again"
         )
     items = items[["item_id", "title", "train_count"]]
-    if text and meta.get("storage") == "ids":
-        dd = _render_text(root, dd, items, meta)
+    if meta.get("storage") == "ids":
+        dd = _render_text(root, dd, items, meta) if text else _widen(dd)
     return dd, items, meta
+
+
+def _widen(dd: datasets.DatasetDict) -> datasets.DatasetDict:
+    """int32 ids on disk -> the contract's int64 (in memory; the reader asked for ids only)."""
+    features = datasets.Features.from_arrow_schema(ID_SCHEMA)
+    with _no_progress_bars():
+        return datasets.DatasetDict({split: ds.cast(features, keep_in_memory=True) for split, ds in dd.items()})
 
 
 def _render_text(root: Path, dd: datasets.DatasetDict, items: pd.DataFrame, meta: dict) -> datasets.DatasetDict:
@@ -144,14 +159,21 @@ def _render_text(root: Path, dd: datasets.DatasetDict, items: pd.DataFrame, meta
         def add_text(table, indices, choice=choice):
             return render_table(table, shown, names, templates, choice[indices])
 
-        bars = datasets.utils.logging.is_progress_bar_enabled()
-        datasets.disable_progress_bars()  # a fast step; keeps one-line errors one line
-        try:
+        with _no_progress_bars():
             out[split] = ds.with_format("arrow").map(
                 add_text, batched=True, batch_size=RENDER_BATCH, with_indices=True, keep_in_memory=True,
                 new_fingerprint=f"{meta['fingerprint'][:16]}-{split}-text",
             ).with_format(None)
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
     return datasets.DatasetDict(out)
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """A fast step needs no bar (and one-line errors of the scripts stay one line)."""
+    enabled = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()

@@ -18,6 +18,11 @@ from data_prep import prompts
 ID_COLUMNS = ("user_id", "history", "target", "candidates")
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 TEMPLATES_FILE = "templates.json"
+# --storage ids keeps ids as int32 on disk (half the bytes); readers always see the contract's int64.
+ID_SCHEMA_DISK = pa.schema([("user_id", pa.int32()), ("history", pa.list_(pa.int32())),
+                            ("target", pa.int32()), ("candidates", pa.list_(pa.int32()))])
+ID_SCHEMA = pa.schema([("user_id", pa.int64()), ("history", pa.list_(pa.int64())),
+                       ("target", pa.int64()), ("candidates", pa.list_(pa.int64()))])
 
 
 def template_choice(seed: int, split_index: int, num_templates: int, rows: int) -> np.ndarray:
@@ -62,7 +67,8 @@ def text_columns(history: pa.ListArray, target: np.ndarray, candidates: np.ndarr
 
 def render_table(table: pa.Table, shown: pa.Array, names: pa.Array, templates: list[str],
                  choice: np.ndarray) -> pa.Table:
-    """An id-only table (ID_COLUMNS) -> the same rows with the text columns appended."""
+    """An id-only table (ID_COLUMNS, int32 or int64) -> int64 ids with the text columns appended."""
+    table = widen(table)
     num_rows = table.num_rows
     cands = table.column("candidates").combine_chunks()
     width = len(cands[0]) if num_rows else 0
@@ -76,3 +82,8 @@ def render_table(table: pa.Table, shown: pa.Array, names: pa.Array, templates: l
     for name in TEXT_COLUMNS:
         table = table.append_column(name, text[name])
     return table
+
+
+def widen(table: pa.Table) -> pa.Table:
+    """The id columns as the contract's int64 (a no-op when they already are)."""
+    return table.select(list(ID_COLUMNS)).cast(ID_SCHEMA) if table.schema != ID_SCHEMA else table

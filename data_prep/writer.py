@@ -17,7 +17,7 @@ import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
 from data_prep.prepared import COLUMNS
-from data_prep.render import ID_COLUMNS
+from data_prep.render import ID_SCHEMA_DISK
 
 _TYPES = {
     "user_id": datasets.Value("int64"),
@@ -30,7 +30,7 @@ _TYPES = {
 }
 FEATURES = datasets.Features({name: _TYPES[name] for name in COLUMNS})  # the contract's order
 # --storage ids: the id columns only (the text is rendered on load, data_prep/render.py)
-ID_FEATURES = datasets.Features({name: _TYPES[name] for name in COLUMNS if name in ID_COLUMNS})
+ID_FEATURES = datasets.Features.from_arrow_schema(ID_SCHEMA_DISK)
 DATA_FILE = "data-00000-of-00001.arrow"
 
 
@@ -47,6 +47,8 @@ class SplitWriter:
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
+        if self.features is ID_FEATURES:
+            table = table.cast(ID_SCHEMA_DISK)
         self.writer.write_table(table)
         self.rows += table.num_rows
 

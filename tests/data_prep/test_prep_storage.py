@@ -3,6 +3,8 @@ byte-identically to --storage text, for both item formats and across render batc
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,7 +40,10 @@ def test_rendered_text_is_byte_identical_to_stored_text(log_csvs, fmt, monkeypat
     ids_dir = prepare(log_csvs, f"{fmt}-ids", "--item-format", fmt)
     stored = load_prepared(text_dir)[0]
     raw = load_prepared(ids_dir, text=False)[0]
-    assert all(raw[s].column_names == list(ID_COLUMNS) for s in raw)  # nothing but ids on disk
+    assert all(raw[s].column_names == list(ID_COLUMNS) for s in raw)  # nothing but ids on disk ...
+    assert raw["train"].features["candidates"].feature.dtype == "int64"  # ... read as the contract's int64
+    on_disk = json.loads((ids_dir / "train" / "dataset_info.json").read_text())["features"]
+    assert on_disk["candidates"]["feature"]["dtype"] == "int32"  # stored as int32 (half the bytes)
     monkeypatch.setattr(prepared, "RENDER_BATCH", 7)  # many batches: sliced Arrow lists
     rendered = load_prepared(ids_dir)[0]
     for split in stored:
