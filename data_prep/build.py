@@ -90,7 +90,9 @@ def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, 
         interactions = None
         counts = src.train_counts
     else:
-        user, item, ts = sequences.sort_interactions(src.interactions)
+        user, item, ts = sequences.sort_interactions(src.interactions, drop_duplicates=src.drop_duplicates)
+        if len(user) < len(src.interactions):
+            src.notes["duplicate_rows_dropped"] = len(src.interactions) - len(user)
         n_users = int(user.max()) + 1 if len(user) else 0
         split_ex = sequences.split_windows(user, item, ts, args.split, args.seed,
                                            args.min_history, args.max_history)

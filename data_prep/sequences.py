@@ -17,10 +17,12 @@ from data_prep.sources import Examples
 SPLIT_METHODS = ("user", "loo", "time")
 
 
-def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sort_interactions(inter: pd.DataFrame, drop_duplicates: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort by (user, timestamp, item id): chronological, ties broken by item id.
 
-    Returns user [T], item [T], timestamp [T] (int64).
+    Returns user [T], item [T], timestamp [T] (int64). With drop_duplicates, exact duplicate
+    (user, item, timestamp) rows - adjacent once sorted - are kept once.
     """
     user = inter["user_id"].to_numpy(np.int64)
     item = inter["item_id"].to_numpy(np.int64)
@@ -37,7 +39,13 @@ def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.n
         order = np.argsort(key)
     else:
         order = np.lexsort((item, ts, user))
-    return user[order], item[order], ts[order]
+    user, item, ts = user[order], item[order], ts[order]
+    if drop_duplicates and len(user) > 1:
+        keep = np.ones(len(user), dtype=bool)
+        keep[1:] = (user[1:] != user[:-1]) | (ts[1:] != ts[:-1]) | (item[1:] != item[:-1])
+        if not keep.all():
+            user, item, ts = user[keep], item[keep], ts[keep]
+    return user, item, ts
 
 
 def window_index(user: np.ndarray, min_history: int, max_history: int

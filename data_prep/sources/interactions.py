@@ -49,10 +49,6 @@ def load_interactions(args: argparse.Namespace) -> SourceData:
             raise DataPrepError(f"{inter_path}: no interaction has rating >= {args.min_rating}; lower --min-rating")
     inter["user_id"], = normalize_ids(inter["user_id"])
     inter["item_id"], items["item_id"] = normalize_ids(inter["item_id"], items["item_id"])
-    # The same (user, item, timestamp) twice is a logging duplicate, not a second interaction.
-    before = len(inter)
-    inter = inter.drop_duplicates(["user_id", "item_id", "timestamp"], keep="first")
-    notes = {"duplicate_rows_dropped": before - len(inter)} if len(inter) < before else {}
     items = dedupe_items(items, items_path, tkind)
     checksums = {
         inter_path.name: {"sha256": file_digest(inter_path, "sha256"), "origin": "user"},
@@ -63,8 +59,9 @@ def load_interactions(args: argparse.Namespace) -> SourceData:
         where=lambda row: f"{inter_path} {line_of(ikind, int(inter['_row'].iloc[row]))}",
     )
     return SourceData(
-        domain=args.domain or "generic", items=new_items, interactions=out, checksums=checksums, notes=notes,
+        domain=args.domain or "generic", items=new_items, interactions=out, checksums=checksums,
         extra_tables={"id_map_users": maps["users"], "id_map_items": maps["items"]},
+        drop_duplicates=True,  # a user's log: the same (user, item, timestamp) twice is one interaction
     )
 
 
