@@ -93,6 +93,7 @@ def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, 
         user, item, ts = sequences.sort_interactions(src.interactions, drop_duplicates=src.drop_duplicates)
         if len(user) < len(src.interactions):
             src.notes["duplicate_rows_dropped"] = len(src.interactions) - len(user)
+        src.interactions = None  # the sorted arrays replace the table: free it before the windows
         n_users = int(user.max()) + 1 if len(user) else 0
         split_ex = sequences.split_windows(user, item, ts, args.split, args.seed,
                                            args.min_history, args.max_history)

@@ -48,6 +48,9 @@ def sort_interactions(inter: pd.DataFrame, drop_duplicates: bool = False
     return user, item, ts
 
 
+GATHER_ROWS = 1 << 20  # examples whose histories are gathered at a time
+
+
 def window_index(user: np.ndarray, min_history: int, max_history: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where the sliding-window examples of sorted interactions are, without copying items.
@@ -74,9 +77,15 @@ def gather(user: np.ndarray, item: np.ndarray, pos: np.ndarray, h_start: np.ndar
     lengths = pos - h_start
     offsets = np.zeros(len(pos) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    idx = np.repeat(h_start - offsets[:-1], lengths)
-    idx += np.arange(offsets[-1])
-    return Examples(user[pos], item[pos], offsets, item[idx])
+    history = np.empty(int(offsets[-1]), dtype=item.dtype)
+    # In row chunks: the gather index of all histories at once would be as large as the histories.
+    for a in range(0, len(pos), GATHER_ROWS):
+        b = min(a + GATHER_ROWS, len(pos))
+        lo, hi = int(offsets[a]), int(offsets[b])
+        idx = np.repeat(h_start[a:b] - offsets[a:b], lengths[a:b])
+        idx += np.arange(lo, hi)
+        history[lo:hi] = item[idx]
+    return Examples(user[pos], item[pos], offsets, history)
 
 
 def windows(user: np.ndarray, item: np.ndarray, min_history: int, max_history: int
