@@ -135,6 +135,9 @@ class CompleteMarkerCallback(TrainerCallback):
                     setattr(self.trainer, name, value)
 
     def on_save(self, args, state, control, **kwargs):
+        if self.trainer is not None and args.world_size > 1:
+            # every rank writes its own RNG state into the checkpoint: mark it once all have
+            self.trainer.accelerator.wait_for_everyone()
         if not state.is_world_process_zero:
             return
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
