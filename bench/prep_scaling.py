@@ -1,6 +1,6 @@
 """Time and peak memory of `python -m data_prep --dataset interactions` on synthetic logs.
 
-Usage: python bench/prep_scaling.py [--sizes 1000000 10000000] [--quick] [--sampler llara]
+Usage: python bench/prep_scaling.py [--sizes 1000000 10000000] [--quick] [--sampler llara] [--storage ids|text]
 
 Each size runs in a fresh subprocess (so peak RSS is that run's own). Logs have about 50
 interactions per user and Zipf-like item popularity over `size / 500` items (at least 2,000);
@@ -46,14 +46,14 @@ def make_log(n: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return ip, tp
 
 
-def run_one(ip: Path, tp: Path, out: Path, sampler: str) -> dict:
+def run_one(ip: Path, tp: Path, out: Path, sampler: str, storage: str = "ids") -> dict:
     """Runs the pipeline in this process; prints a JSON line with times and peak RSS."""
     from data_prep.__main__ import parser
     from data_prep.build import build
 
     args = parser().parse_args([
         "--dataset", "interactions", "--interactions", str(ip), "--items", str(tp),
-        "--output-dir", str(out), "--overwrite", "--quiet", "--candidate-sampler", sampler,
+        "--output-dir", str(out), "--overwrite", "--quiet", "--candidate-sampler", sampler, "--storage", storage,
     ])
     timings: dict = {}
     t0 = time.perf_counter()
@@ -71,22 +71,23 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     p.add_argument("--quick", action="store_true", help="small sizes (50k, 200k) for a smoke run")
     p.add_argument("--sampler", default="llara", help="llara | uniform | popularity")
+    p.add_argument("--storage", default="ids", help="ids (text rendered on load) | text")
     p.add_argument("--keep", action="store_true", help="keep the generated files and outputs")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._child:
-        print(json.dumps(run_one(Path(a._child[0]), Path(a._child[1]), Path(a._child[2]), a.sampler)))
+        print(json.dumps(run_one(Path(a._child[0]), Path(a._child[1]), Path(a._child[2]), a.sampler, a.storage)))
         return
     sizes = [50_000, 200_000] if a.quick else a.sizes
     tmp = Path(tempfile.mkdtemp(prefix="prep_scaling_"))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    print(f"data_prep scaling, sampler={a.sampler}, cpus={os.cpu_count()}, files in {tmp}")
+    print(f"data_prep scaling, sampler={a.sampler}, storage={a.storage}, cpus={os.cpu_count()}, files in {tmp}")
     print(f"{'interactions':>13} {'examples':>11} {'seconds':>8} {'s/M int.':>9} {'peak MB':>8} "
           f"{'out GB':>7}  "
           + " ".join(f"{s:>10}" for s in STAGES))
     for n in sizes:
         ip, tp = make_log(n, tmp)
-        cmd = [sys.executable, __file__, "--sampler", a.sampler, "--_child", str(ip), str(tp),
+        cmd = [sys.executable, __file__, "--sampler", a.sampler, "--storage", a.storage, "--_child", str(ip), str(tp),
                str(tmp / f"out_{n}")]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:

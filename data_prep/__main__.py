@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate-sampler", default="llara", help="llara | uniform | popularity")
     p.add_argument("--popularity-alpha", type=float, default=1.0, help="popularity sampler: p ~ count^alpha")
     p.add_argument("--item-format", default="title", help="title | token (<item_ID> tokens)")
+    p.add_argument("--storage", default="ids",
+                   help="ids (store ids; prompt/chosen/rejected rendered on load, a tenth of the disk) | text")
     p.add_argument("--seed", type=int, default=42, help="user split, template choice, uniform/popularity samplers")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

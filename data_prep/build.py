@@ -25,11 +25,18 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_prep import candidates as cand
-from data_prep import prompts, sequences
+from data_prep import prompts, render, sequences
 from data_prep.errors import DataPrepError
 from data_prep.prepared import COLUMNS, FORMAT_VERSION, SPLITS, fingerprint
 from data_prep.sources import Examples, SourceData, load_source
-from data_prep.writer import SplitWriter, write_dataset_dict_json, write_items, write_meta
+from data_prep.writer import (
+    SplitWriter,
+    items_jsonl,
+    templates_json,
+    write_dataset_dict_json,
+    write_items,
+    write_meta,
+)
 
 # Arguments that change nothing in the output; they stay out of meta.json and its fingerprint.
 _NOT_CONTENT = {"output_dir", "overwrite", "quiet"}
@@ -53,6 +60,9 @@ def check_output_dir(args: argparse.Namespace) -> Path:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    args.storage = getattr(args, "storage", "ids")
+    if args.storage not in ("ids", "text"):
+        raise DataPrepError(f"unknown --storage {args.storage!r}; use ids (text rendered on load) or text")
     if args.num_candidates < 2:
         raise DataPrepError(f"--num-candidates {args.num_candidates}: need at least 2 (the target and one negative)")
     if args.min_history < 0 or args.max_history < 1 or args.min_history > args.max_history:
@@ -80,7 +90,10 @@ def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, 
         interactions = None
         counts = src.train_counts
     else:
-        user, item, ts = sequences.sort_interactions(src.interactions)
+        user, item, ts = sequences.sort_interactions(src.interactions, drop_duplicates=src.drop_duplicates)
+        if len(user) < len(src.interactions):
+            src.notes["duplicate_rows_dropped"] = len(src.interactions) - len(user)
+        src.interactions = None  # the sorted arrays replace the table: free it before the windows
         n_users = int(user.max()) + 1 if len(user) else 0
         split_ex = sequences.split_windows(user, item, ts, args.split, args.seed,
                                            args.min_history, args.max_history)
@@ -96,8 +109,9 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
 
 def chunk_table(ex: Examples, start: int, stop: int, cands: np.ndarray, titles: pa.Array,
                 names: pa.Array, templates: list[str], choice: np.ndarray,
-                num_candidates: int) -> pa.Table:
-    """Arrow table with the contract columns for rows [start, stop) of one split.
+                num_candidates: int, storage: str = "text") -> pa.Table:
+    """Arrow table with the contract columns for rows [start, stop) of one split (the id
+    columns only with storage 'ids'; the text is then rendered on load, by the same function).
 
     `cands` [stop - start, C] and `choice` [stop - start] belong to these rows; `titles` are
     what `chosen`/`rejected` hold, `names` what the prompt shows (both indexed by item id).
@@ -106,21 +120,15 @@ def chunk_table(ex: Examples, start: int, stop: int, cands: np.ndarray, titles: 
     offs = ex.hist_offsets[start:stop + 1]
     hist = _list_array(offs - offs[0], pa.array(ex.hist_values[offs[0]:offs[-1]]))
     tgt = ex.target[start:stop]
-    cand_list = _list_array(np.arange(m + 1) * num_candidates, pa.array(cands.reshape(-1)))
-    rej = cands[cands != tgt[:, None]].reshape(m, num_candidates - 1)
-    rej_list = _list_array(np.arange(m + 1) * (num_candidates - 1),
-                           titles.take(pa.array(rej.reshape(-1))))
-    prompt = prompts.render(templates, choice, prompts.join_lists(hist, names),
-                            prompts.join_lists(cand_list, names), num_candidates)
-    return pa.table({
+    columns = {
         "user_id": pa.array(ex.user_id[start:stop], pa.int64()),
         "history": hist,
         "target": pa.array(tgt, pa.int64()),
-        "candidates": cand_list,
-        "prompt": prompt,
-        "chosen": titles.take(pa.array(tgt)),
-        "rejected": rej_list,
-    })
+        "candidates": _list_array(np.arange(m + 1) * num_candidates, pa.array(cands.reshape(-1))),
+    }
+    if storage == "text":
+        columns.update(render.text_columns(hist, np.asarray(tgt, np.int64), cands, titles, names, templates, choice))
+    return pa.table(columns)
 
 
 def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
@@ -162,20 +170,16 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
             )
         split_info[split] = {"examples": int(len(ex)), "users": int(len(np.unique(ex.user_id))),
                              "mean_history": round(float(np.diff(ex.hist_offsets).mean()), 4)}
-    meta = make_meta(args, src, info, split_info, tmpl)
+    items_sha = hashlib.sha256(items_jsonl(items["item_id"].tolist(), items["title"].tolist(),
+                                           counts.tolist())).hexdigest()
+    files = {"items.jsonl": {"sha256": items_sha}}
+    if args.storage == "ids":
+        files[render.TEMPLATES_FILE] = {"sha256": hashlib.sha256(templates_json(tmpl.texts)).hexdigest()}
+    meta = make_meta(args, src, info, split_info, tmpl, files=files)
     lap("sequences")
 
     catalogue = items["item_id"].to_numpy(np.int64)
-    size = int(catalogue.max()) + 1
-    real_titles = np.full(size, None, dtype=object)
-    real_titles[catalogue] = items["title"].to_numpy(dtype=object)
-    if args.item_format == "token":
-        shown = np.full(size, None, dtype=object)
-        shown[catalogue] = [prompts.item_token(i) for i in catalogue.tolist()]
-    else:
-        shown = real_titles
-    titles = pa.array(shown, pa.string())
-    names = prompts.display_names(titles, args.item_format)
+    titles, names = render.item_strings(catalogue, items["title"].to_numpy(dtype=object), args.item_format)
 
     # One LLaRA sampler for all splits: its cached draws depend only on (target, pool size).
     llara = cand.LlaraSampler(catalogue, args.num_candidates, args.max_history)
@@ -190,8 +194,8 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
                     w = counts.astype(np.float64) ** args.popularity_alpha
                 sampler = cand.NumpySampler(catalogue, args.num_candidates, args.max_history,
                                             _seed(args.seed, 1, i), w)
-            choice = np.random.default_rng([args.seed, 2, i]).integers(len(tmpl.texts), size=len(ex))
-            writer = SplitWriter(tmp / split, split)
+            choice = render.template_choice(args.seed, i, len(tmpl.texts), len(ex))
+            writer = SplitWriter(tmp / split, split, args.storage)
             # Candidates are drawn in order here (the samplers carry state); prompt tables are
             # built by worker threads (Arrow compute releases the GIL) and written in order.
             pending: deque = deque()
@@ -205,12 +209,14 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
                                 ex.target[start:stop], desc=split)
                     lap("candidates")
                     pending.append(pool.submit(chunk_table, ex, start, stop, c, titles, names,
-                                               tmpl.texts, choice[start:stop], args.num_candidates))
+                                               tmpl.texts, choice[start:stop], args.num_candidates, args.storage))
                     _drain(pending, WORKERS, writer, lap)
                 _drain(pending, 0, writer, lap)
             writer.close(hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
         write_dataset_dict_json(tmp, list(SPLITS))
         write_side_files(tmp, items, counts, meta, src, args)
+        if args.storage == "ids":
+            (tmp / render.TEMPLATES_FILE).write_bytes(templates_json(tmpl.texts))
         lap("write")
     return meta
 
@@ -228,7 +234,7 @@ def _seed(*parts: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(list(parts))
 
 
-def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict:
+def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: dict | None = None) -> dict:
     recorded = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONTENT}
     meta = {
         "format_version": FORMAT_VERSION,
@@ -236,6 +242,7 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict
         "domain": src.domain,
         "num_candidates": args.num_candidates,
         "item_format": args.item_format,
+        "storage": args.storage,
         "columns": list(COLUMNS),
         "args": recorded,
         "counts": {**info, "splits": split_info},
@@ -246,6 +253,8 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl) -> dict
         "extra_files": sorted(f"{name}.csv" for name in src.extra_tables),
         "package_version": package_version(),
     }
+    if files:  # checksums of side files, checked on load (an edit after writing is caught)
+        meta["files"] = files
     meta["fingerprint"] = fingerprint(meta)
     return meta
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,14 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from data_prep.errors import UserError
+from data_prep.render import (
+    ID_COLUMNS,
+    ID_SCHEMA,
+    TEMPLATES_FILE,
+    item_strings,
+    render_table,
+    template_choice,
+)
 
 # The contract, defined once (docs/contracts.md section 1); every reader and writer imports it.
 SPLITS = ("train", "valid", "test")
@@ -20,6 +29,7 @@ FORMAT_VERSION = 1
 META_KEYS = ("format_version", "dataset", "domain", "num_candidates", "item_format", "args",
              "counts", "sources", "package_version", "fingerprint")
 SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
+RENDER_BATCH = 50_000  # rows rendered at a time when a split is stored as ids
 
 
 def fingerprint(meta: dict) -> str:
@@ -40,12 +50,17 @@ def train_counts(items: pd.DataFrame) -> np.ndarray:
     return counts
 
 
-def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame, dict]:
+def load_prepared(path: str | Path, text: bool = True) -> tuple[datasets.DatasetDict, pd.DataFrame, dict]:
     """Load DIR written by `python -m data_prep`.
 
     Returns (DatasetDict with splits train/valid/test, items DataFrame with columns
     item_id/title/train_count sorted by item_id, meta dict). Raises `PreparedDataError` when
     files are missing, columns differ from the contract, or counts disagree with meta.json.
+
+    A directory stored as ids (meta.json `storage: ids`) gets its prompt / chosen / rejected
+    columns rendered here (data_prep/render.py; in memory, byte-identical to `--storage text`),
+    so every split has all of COLUMNS either way. ``text=False`` skips the rendering for readers
+    of ids only (the splits then have the id columns, plus the text ones if stored).
     """
     root = Path(path)
     hint = "run `python -m data_prep --dataset NAME --output-dir DIR` first"
@@ -78,7 +93,7 @@ def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame,
         if split not in dd:
             raise PreparedDataError(f"{root}: split '{split}' missing; prepare the data again")
         cols = dd[split].column_names
-        absent = [c for c in COLUMNS if c not in cols]
+        absent = [c for c in (ID_COLUMNS if meta.get("storage") == "ids" else COLUMNS) if c not in cols]
         if absent:
             raise PreparedDataError(f"{root}/{split}: column '{absent[0]}' missing; prepare the data again")
         if dd[split].num_rows:
@@ -98,6 +113,10 @@ def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame,
     items_path = root / "items.jsonl"
     if not items_path.is_file():
         raise PreparedDataError(f"{items_path}: missing; prepare the data again")
+    want_sha = meta.get("files", {}).get("items.jsonl", {}).get("sha256")
+    if want_sha and hashlib.sha256(items_path.read_bytes()).hexdigest() != want_sha:
+        raise PreparedDataError(f"{items_path}: edited after writing (sha256 differs from meta.json's "
+                                "files.items.jsonl); prepare the data again")
     items = pd.read_json(items_path, lines=True, dtype={"item_id": "int64", "title": "str", "train_count": "int64"})
     for col in ("item_id", "title", "train_count"):
         if col not in items:
@@ -106,4 +125,55 @@ def load_prepared(path: str | Path) -> tuple[datasets.DatasetDict, pd.DataFrame,
         raise PreparedDataError(
             f"{items_path}: {len(items)} items but meta.json says {meta['counts']['items']}; prepare the data again"
         )
-    return dd, items[["item_id", "title", "train_count"]], meta
+    items = items[["item_id", "title", "train_count"]]
+    if meta.get("storage") == "ids":
+        dd = _render_text(root, dd, items, meta) if text else _widen(dd)
+    return dd, items, meta
+
+
+def _widen(dd: datasets.DatasetDict) -> datasets.DatasetDict:
+    """int32 ids on disk -> the contract's int64 (in memory; the reader asked for ids only)."""
+    features = datasets.Features.from_arrow_schema(ID_SCHEMA)
+    with _no_progress_bars():
+        return datasets.DatasetDict({split: ds.cast(features, keep_in_memory=True) for split, ds in dd.items()})
+
+
+def _render_text(root: Path, dd: datasets.DatasetDict, items: pd.DataFrame, meta: dict) -> datasets.DatasetDict:
+    """The text columns of an id-stored directory, rendered split by split (see load_prepared)."""
+    path = root / TEMPLATES_FILE
+    want = meta.get("files", {}).get(TEMPLATES_FILE, {}).get("sha256")
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        raise PreparedDataError(f"{path}: missing; prepare the data again") from None
+    if want and hashlib.sha256(raw).hexdigest() != want:
+        raise PreparedDataError(f"{path}: edited after writing (sha256 differs from meta.json); prepare the data again")
+    templates = json.loads(raw)["texts"]
+    shown, names = item_strings(items["item_id"].to_numpy(), items["title"].to_numpy(dtype=object), meta["item_format"])
+    seed = meta["args"]["seed"]
+    out = {}
+    for index, split in enumerate(SPLITS):
+        ds = dd[split]
+        choice = template_choice(seed, index, len(templates), ds.num_rows)
+
+        def add_text(table, indices, choice=choice):
+            return render_table(table, shown, names, templates, choice[indices])
+
+        with _no_progress_bars():
+            out[split] = ds.with_format("arrow").map(
+                add_text, batched=True, batch_size=RENDER_BATCH, with_indices=True, keep_in_memory=True,
+                new_fingerprint=f"{meta['fingerprint'][:16]}-{split}-text",
+            ).with_format(None)
+    return datasets.DatasetDict(out)
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """A fast step needs no bar (and one-line errors of the scripts stay one line)."""
+    enabled = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()

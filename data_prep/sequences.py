@@ -17,10 +17,12 @@ from data_prep.sources import Examples
 SPLIT_METHODS = ("user", "loo", "time")
 
 
-def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sort_interactions(inter: pd.DataFrame, drop_duplicates: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort by (user, timestamp, item id): chronological, ties broken by item id.
 
-    Returns user [T], item [T], timestamp [T] (int64).
+    Returns user [T], item [T], timestamp [T] (int64). With drop_duplicates, exact duplicate
+    (user, item, timestamp) rows - adjacent once sorted - are kept once.
     """
     user = inter["user_id"].to_numpy(np.int64)
     item = inter["item_id"].to_numpy(np.int64)
@@ -37,7 +39,16 @@ def sort_interactions(inter: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.n
         order = np.argsort(key)
     else:
         order = np.lexsort((item, ts, user))
-    return user[order], item[order], ts[order]
+    user, item, ts = user[order], item[order], ts[order]
+    if drop_duplicates and len(user) > 1:
+        keep = np.ones(len(user), dtype=bool)
+        keep[1:] = (user[1:] != user[:-1]) | (ts[1:] != ts[:-1]) | (item[1:] != item[:-1])
+        if not keep.all():
+            user, item, ts = user[keep], item[keep], ts[keep]
+    return user, item, ts
+
+
+GATHER_ROWS = 1 << 20  # examples whose histories are gathered at a time
 
 
 def window_index(user: np.ndarray, min_history: int, max_history: int
@@ -66,9 +77,15 @@ def gather(user: np.ndarray, item: np.ndarray, pos: np.ndarray, h_start: np.ndar
     lengths = pos - h_start
     offsets = np.zeros(len(pos) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    idx = np.repeat(h_start - offsets[:-1], lengths)
-    idx += np.arange(offsets[-1])
-    return Examples(user[pos], item[pos], offsets, item[idx])
+    history = np.empty(int(offsets[-1]), dtype=item.dtype)
+    # In row chunks: the gather index of all histories at once would be as large as the histories.
+    for a in range(0, len(pos), GATHER_ROWS):
+        b = min(a + GATHER_ROWS, len(pos))
+        lo, hi = int(offsets[a]), int(offsets[b])
+        idx = np.repeat(h_start[a:b] - offsets[a:b], lengths[a:b])
+        idx += np.arange(lo, hi)
+        history[lo:hi] = item[idx]
+    return Examples(user[pos], item[pos], offsets, history)
 
 
 def windows(user: np.ndarray, item: np.ndarray, min_history: int, max_history: int

@@ -98,8 +98,13 @@ def load_aux(aux_dir: str | os.PathLike, split: str, meta: dict,
     path = aux / f"{split}.safetensors"
     if split not in aux_meta.get("rows", {}) or not path.exists():
         raise AuxError(f"{path} not found; the auxiliary run did not write split {split!r}")
-    tensors = load_file(str(path))
-    vectors, scores = tensors["user_vectors"], tensors["candidate_scores"]
+    try:
+        tensors = load_file(str(path))
+        vectors, scores = tensors["user_vectors"], tensors["candidate_scores"]
+    except Exception as err:  # safetensors raises its own error type on a truncated/corrupt file
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise AuxError(f"{path}: unreadable ({reason}; truncated or corrupt); rewrite the aux outputs "
+                       "with recipes/recsys.py") from None
     n = aux_meta["rows"][split]
     expected = num_rows if num_rows is not None else _expected_rows(meta, split)
     for what, got in (("meta.json rows", n), ("user_vectors", vectors.shape[0]),

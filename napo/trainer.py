@@ -30,12 +30,12 @@ from accelerate.utils import is_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from napo.auxiliary import load_item_vectors
+from napo.checkpoints import resolve_resume
 from napo.collator import (
     AUX_SCORES,
     AUX_VECTOR,
@@ -415,11 +415,10 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
     # ------------------------------------------------------------------ margin state on resume
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:  # the newest COMPLETE checkpoint, never a half-written one
+            resume_from_checkpoint = resolve_resume(self.args.output_dir, True)
         if resume_from_checkpoint and self.margin is not None:
-            path = resume_from_checkpoint
-            if path is True:
-                path = get_last_checkpoint(self.args.output_dir)
-            state_file = Path(path) / MARGIN_STATE_FILE if path else None
-            if state_file is not None and state_file.is_file():
+            state_file = Path(resume_from_checkpoint) / MARGIN_STATE_FILE
+            if state_file.is_file():
                 self.margin.load_state_dict(json.loads(state_file.read_text()))
         return super().train(resume_from_checkpoint, *args, **kwargs)

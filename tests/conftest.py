@@ -36,3 +36,31 @@ def tiny_item_tokens(tmp_path_factory):
     build_tiny_from_data(dataset, items, root / "model", hidden_size=32, num_layers=2, num_heads=2,
                          vocab_size=300, item_tokens=True, seed=0)
     return data_dir, root / "model"
+
+
+@pytest.fixture(scope="session")
+def napo_inputs(tmp_path_factory, tiny_item_tokens):
+    """{"root", "data", "model"}: tiny_item_tokens plus root/sft (an SFT LoRA adapter with dropout 0.1,
+    so that the dropout RNG matters) and root/aux (random auxiliary outputs for every split)."""
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_prep.prepared import load_prepared
+    from napo.auxiliary import write_aux
+
+    data_dir, model_dir = tiny_item_tokens
+    root = tmp_path_factory.mktemp("napo_inputs")
+    dataset, _, meta = load_prepared(data_dir)
+    torch.manual_seed(0)
+    sft = PeftModel(AutoModelForCausalLM.from_pretrained(model_dir),
+                    LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"],
+                               task_type="CAUSAL_LM", init_lora_weights=False))
+    sft.save_pretrained(root / "sft")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(root / "sft")
+    gen = torch.Generator().manual_seed(0)
+    for split in dataset:
+        n = len(dataset[split])
+        write_aux(root / "aux", split, torch.randn(n, 6, generator=gen), torch.randn(n, 8, generator=gen),
+                  dataset_fingerprint=meta["fingerprint"], model="SASRec")
+    return {"root": root, "data": data_dir, "model": model_dir}

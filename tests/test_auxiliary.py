@@ -33,3 +33,16 @@ def test_mismatches_are_errors(tmp_path):
         write_aux(tmp_path / "x", "train", np.zeros((3, 2)), np.zeros((2, 4)), dataset_fingerprint="abc", model="SASRec")
     with pytest.raises(AuxError, match="not found"):
         load_aux(tmp_path / "missing", "train", META)
+
+
+def test_truncated_safetensors_file_is_one_clear_error(tmp_path):
+    path = write_aux(tmp_path, "train", np.zeros((3, 2)), np.zeros((3, 4)), dataset_fingerprint="abc", model="SASRec")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(AuxError) as err:
+        load_aux(tmp_path, "train", META)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"{path}: unreadable (") and "truncated or corrupt" in line
+    path.write_bytes(b"")
+    with pytest.raises(AuxError, match="unreadable"):
+        load_aux(tmp_path, "train", META)

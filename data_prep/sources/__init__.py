@@ -57,6 +57,8 @@ class SourceData:
     # Tables saved next to the dataset (e.g. original id -> dense id maps), name -> DataFrame.
     extra_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+    # Drop exact duplicate (user, item, timestamp) rows (logging duplicates) when sorting.
+    drop_duplicates: bool = False
 
 
 DOMAINS = ("movie", "music", "book", "game", "generic")

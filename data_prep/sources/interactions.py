@@ -61,6 +61,7 @@ def load_interactions(args: argparse.Namespace) -> SourceData:
     return SourceData(
         domain=args.domain or "generic", items=new_items, interactions=out, checksums=checksums,
         extra_tables={"id_map_users": maps["users"], "id_map_items": maps["items"]},
+        drop_duplicates=True,  # a user's log: the same (user, item, timestamp) twice is one interaction
     )
 
 

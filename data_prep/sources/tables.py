@@ -75,6 +75,9 @@ def read_table(path: Path, required: tuple[str, ...], optional: tuple[str, ...] 
             )
     except (pa.ArrowInvalid, OSError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "empty" in msg.lower() and path.stat().st_size == 0:
+            raise DataPrepError(f"{path}: the file is empty; it needs a header ({', '.join(required)}) "
+                                "and at least one row") from None
         raise DataPrepError(f"{path}: cannot parse ({msg}); check the file format") from None
     names = table.column_names
     for col in required:
@@ -83,6 +86,8 @@ def read_table(path: Path, required: tuple[str, ...], optional: tuple[str, ...] 
                 f"{path}: missing column '{col}' (found: {', '.join(names) or 'none'}); "
                 f"the file needs columns {', '.join(required)}"
             )
+    if table.num_rows == 0:
+        raise DataPrepError(f"{path}: no rows (only a header); the file needs at least one row")
     keep = [c for c in (*required, *optional) if c in names]
     table = table.select(keep)
     df = pd.DataFrame({c: _column(table[c]) for c in keep})
@@ -108,10 +113,23 @@ def check_ids(df: pd.DataFrame, col: str, path: Path, kind: str) -> None:
             f"{path}, {_line_of(kind, row)}, column {col}: empty id ({int(bad.sum())} rows); "
             "fill in or drop those rows"
         )
+    if pd.api.types.is_float_dtype(s.dtype):  # a column of numbers that are not all integers
+        values = s.to_numpy()
+        fraction = values != np.floor(values)
+        if fraction.any():
+            row = int(np.flatnonzero(fraction)[0])
+            raise DataPrepError(
+                f"{path}, {_line_of(kind, row)}, column {col}: id {float(values[row])!r} is not an integer; "
+                "ids must be integers or text"
+            )
+        df[col] = values.astype(np.int64)  # 3.0 -> 3: integral numbers written with a decimal point
 
 
 def normalize_ids(*cols: pd.Series) -> list[pd.Series]:
-    """Give id columns one type: int64 when every value is a plain integer, else str."""
+    """Give id columns one type: int64 when every value is a plain integer, else str.
+
+    Text ids lose surrounding whitespace first (' u1 ' and 'u1' are one user)."""
+    cols = tuple(s.astype(str).str.strip() if pd.api.types.is_string_dtype(s.dtype) else s for s in cols)
     def is_int_like(s: pd.Series) -> bool:
         if pd.api.types.is_integer_dtype(s.dtype):
             return True
@@ -142,14 +160,29 @@ def parse_timestamps(s: pd.Series, path: Path, kind: str) -> np.ndarray:
         bad = num.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
+            _mixed_formats(path, kind, 0, row, text.iloc[row])
             _bad_timestamp(path, kind, row, text.iloc[row])
         return np.floor(num.to_numpy(dtype=np.float64)).astype(np.int64)
     dt = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
     bad = dt.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        if not np.isnan(num.iloc[row]):  # a number among dates
+            raise DataPrepError(
+                f"{path}, {_line_of(kind, row)}, column timestamp: '{text.iloc[row]}' is a number but "
+                f"{_line_of(kind, 0)} is a date; use one time format in the whole column"
+            )
         _bad_timestamp(path, kind, row, text.iloc[row])
     return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+def _mixed_formats(path: Path, kind: str, first: int, row: int, value) -> None:
+    """A date among numbers: one clear line instead of 'cannot parse'."""
+    if not pd.isna(pd.to_datetime(pd.Series([value]), errors="coerce", utc=True, format="ISO8601").iloc[0]):
+        raise DataPrepError(
+            f"{path}, {_line_of(kind, row)}, column timestamp: '{value}' is a date but {_line_of(kind, first)} "
+            "is a number (Unix seconds); use one time format in the whole column"
+        )
 
 
 def _bad_timestamp(path: Path, kind: str, row: int, value) -> None:

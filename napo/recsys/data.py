@@ -105,7 +105,7 @@ def load_dataset_dir(path, max_len: int) -> tuple[dict[str, SeqSplit], int, np.n
     """
     from data_prep.prepared import SPLITS, load_prepared, train_counts
 
-    dd, items, meta = load_prepared(path)
+    dd, items, meta = load_prepared(path, text=False)  # ids only: no prompt rendering
     counts = train_counts(items)
     num_items = len(counts)
     splits = {}

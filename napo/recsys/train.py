@@ -32,6 +32,8 @@ from napo.eval.metrics import (
     ranked_candidates,
     ranking_metrics,
 )
+from napo.nonfinite import NonFiniteError, check_mode, nonfinite_gradients, nonfinite_message
+from napo.recsys import state as train_state
 from napo.recsys.data import SeqSplit
 from napo.recsys.losses import LOSSES, bce_loss, full_ce_loss, sampled_softmax_loss
 from napo.recsys.models import MODELS, SeqRecommender, build_model
@@ -99,8 +101,17 @@ class RecRunArguments:
     dataset_dir: str | None = field(default=None, metadata={"help": "prepared dataset directory (python -m data_prep ...)"})
     output_dir: str | None = field(default=None, metadata={"help": "where metrics.json, aux/, checkpoint/ and run.json go"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    save_every: int = field(default=0, metadata={"help": "write a resumable training checkpoint to "
+                                                         "OUT/checkpoints/epoch-N every N epochs (0 = never)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "resume from a checkpoint "
+                                               "directory, or true = the newest under OUT/checkpoints"})
+    nonfinite: str = field(default="stop", metadata={"help": "on a NaN/inf loss or gradient: stop (one line) or skip the batch"})
 
     def __post_init__(self):
+        try:
+            check_mode(self.nonfinite)
+        except ValueError as err:
+            raise RecConfigError(str(err)) from err
         for name in ("dataset_dir", "output_dir"):
             if not getattr(self, name):
                 raise RecConfigError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
@@ -234,8 +245,17 @@ def _batch_loss(model: SeqRecommender, cfg: RecConfig, sampler, seq: torch.Tenso
 
 
 def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
-        train_counts=None, progress: bool = True) -> FitResult:
-    """Train with Adam and early stopping on `valid`; the best state is loaded back into model."""
+        train_counts=None, progress: bool = True, *, checkpoint_dir: str | Path | None = None,
+        save_every: int = 0, resume_from: str | Path | None = None, nonfinite: str = "stop") -> FitResult:
+    """Train with Adam and early stopping on `valid`; the best state is loaded back into model.
+
+    With ``save_every`` > 0 a training checkpoint (napo/recsys/state.py) goes to
+    ``checkpoint_dir/epoch-N`` after every ``save_every``-th epoch; ``resume_from`` (such a
+    directory) restores model, Adam, the data-order / sampler / dropout RNGs, the best state and the
+    early-stopping counters, so the resumed run ends exactly as an uninterrupted one would.
+    ``nonfinite``: a NaN/inf loss or gradient stops the run (``stop``, NonFiniteError) or the
+    batch is skipped (``skip``, counted in the epoch record as ``skipped``).
+    """
     start = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -244,33 +264,52 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
         score, _ = validation_score(model, valid, cfg)
         return FitResult(0, score, 0, time.time() - start, [{"epoch": 0, "valid": score}])
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
+    sampler, sampler_gen = None, None
     if cfg.loss != "ce":
+        sampler_gen = torch.Generator().manual_seed(cfg.seed + 1)
         sampler = build_sampler(cfg.sampler, model.num_items, train_counts, alpha=cfg.alpha,
                                 pool_factor=cfg.pool_factor, mixed_fraction=cfg.mixed_fraction,
-                                generator=torch.Generator().manual_seed(cfg.seed + 1))
+                                generator=sampler_gen)
         if cfg.logq and cfg.loss == "sampled_softmax":
             sampler.log_q(torch.zeros(1, dtype=torch.long))  # fail now, not mid-training
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generators = {"order": gen, "sampler": sampler_gen}
     seq_all, tgt_all = torch.from_numpy(train.seq), torch.from_numpy(train.target)
-    best, best_epoch, best_state, bad, history = -math.inf, 0, None, 0, []
+    best, best_epoch, best_state, bad, history, done = -math.inf, 0, None, 0, [], 0
+    if resume_from is not None:
+        counters, best_state = train_state.load(resume_from, model=model, optimizer=opt, generators=generators)
+        best, best_epoch, bad = float(counters["best"]), counters["best_epoch"], counters["bad"]
+        history, done = counters["history"], counters["epoch"]
     deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{cfg.model}", disable=not progress)
-    epoch = 0
-    for epoch in bar:
+    bar = tqdm(range(done + 1, cfg.max_epochs + 1), desc=f"{cfg.model}", disable=not progress)
+    epoch = done
+    stopped = bad >= cfg.patience  # a resumed run that had already stopped early
+    for epoch in ([] if stopped else bar):
         model.train()
         perm = torch.randperm(len(train), generator=gen)
-        total, steps = 0.0, 0
-        for b in range(0, len(train), cfg.batch_size):
+        total, steps, skipped = 0.0, 0, 0
+        for batch, b in enumerate(range(0, len(train), cfg.batch_size)):
             idx = perm[b: b + cfg.batch_size]
             loss = _batch_loss(model, cfg, sampler, seq_all[idx], tgt_all[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            bad_loss = not bool(torch.isfinite(loss.detach()))
+            if not bad_loss:
+                loss.backward()
+            if bad_loss or nonfinite_gradients(params):
+                if nonfinite == "stop":
+                    where = f"epoch {epoch} batch {batch + 1}"
+                    last = train_state.last_checkpoint(checkpoint_dir) if checkpoint_dir else None
+                    raise NonFiniteError(nonfinite_message("loss" if bad_loss else "gradient", where, last))
+                opt.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
             opt.step()
             total, steps = total + loss.item(), steps + 1
             if time.time() > deadline:
                 break
         record = {"epoch": epoch, "loss": total / max(steps, 1)}
+        if skipped:
+            record["skipped"] = skipped
         out_of_time = time.time() > deadline
         if epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.max_epochs:
             score, _ = validation_score(model, valid, cfg)
@@ -281,6 +320,10 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
             else:
                 bad += 1
         history.append(record)
+        if save_every and checkpoint_dir is not None and epoch % save_every == 0:
+            train_state.save(checkpoint_dir, epoch, model=model, optimizer=opt, generators=generators,
+                             counters={"best": best, "best_epoch": best_epoch, "bad": bad, "history": history},
+                             best_state=best_state)
         bar.set_postfix(loss=f"{record['loss']:.4f}", valid=f"{record.get('valid', float('nan')):.4f}",
                         best=f"{best:.4f}@{best_epoch}")
         if bad >= cfg.patience or out_of_time:

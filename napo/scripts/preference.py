@@ -31,8 +31,10 @@ from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
 from napo.cards import command_line, dataset_facts
+from napo.checkpoints import resolve_resume
 from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
 from napo.data import check_item_tokens, check_objective_data, load_training_data, preference_splits
+from napo.guards import GuardArguments, attach_guards
 from napo.hub import base_model_facts
 from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
 from napo.scripts.parser import ScriptParser, fail
@@ -43,8 +45,8 @@ from napo.utils import write_run_info
 
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys and invalid settings stop with one line.
-    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig))
-    data_args, adapter_args, training_args, model_args = parser.parse(argv)
+    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig, GuardArguments))
+    data_args, adapter_args, training_args, model_args, guard_args = parser.parse(argv)
 
     # Data first (fails before a model loads), then the model. An SFT LoRA adapter stays
     # trainable and DPOTrainer adds its frozen copy "ref" as the reference; a fully fine-tuned SFT
@@ -52,6 +54,7 @@ def main(argv=None):
     # is the SFT model.
     sft = adapter_args.sft_adapter or model_args.model_name_or_path
     try:
+        resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
         dataset, items, meta = load_training_data(data_args)
         if data_args.train_split in dataset:  # sharing / margin / aux need item ids: refuse early
             check_objective_data(training_args, dataset[data_args.train_split], data_args.source)
@@ -78,6 +81,7 @@ def main(argv=None):
     rows = {k: len(v) for k, v in splits.items()}
     trainer.card_info = {**base, "command": command_line(argv, "napo-train"),
                          "dataset": dataset_facts(data_args.source, meta, rows)}
+    attach_guards(trainer, guard_args.nonfinite, resume)  # NaN/inf stop or skip; checkpoints marked complete
     if trainer.accelerator.is_main_process:
         config = {
             "dataset": asdict(data_args),
@@ -88,8 +92,11 @@ def main(argv=None):
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 
-    # Train, save (adapter + tokenizer), push.
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # Train (from the resolved checkpoint: `true` = the last complete one), save, push.
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except UserError as err:  # the non-finite guard's one line
+        fail(err)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     if training_args.push_to_hub:

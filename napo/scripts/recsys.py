@@ -10,6 +10,8 @@ set in the YAML file and overridden on the command line (`--loss bce --sampler p
                        popularity reports (pop/..., full/pop/...); valid/... the same on valid
     OUT/aux/           user vectors + candidate scores for every row of every split (NAPO)
     OUT/checkpoint/    model.safetensors + config.json of the selected (best valid) model
+    OUT/checkpoints/   with save_every: N, resumable training state after every N-th epoch
+                       (--resume_from_checkpoint true continues from the newest)
     OUT/run.json       config, seed, versions, git revision
     OUT/README.md      the model card (napo.cards): model and paper, dataset fingerprint, test metrics
 """
@@ -24,6 +26,7 @@ import torch
 from data_prep.errors import UserError
 from napo.auxiliary import write_aux, write_item_vectors
 from napo.cards import command_line, dataset_facts, write_card
+from napo.recsys import state as train_state
 from napo.recsys.data import load_dataset_dir
 from napo.recsys.train import (
     RecConfig,
@@ -43,17 +46,23 @@ def main(argv=None) -> int:
     run_args, cfg = ScriptParser((RecRunArguments, RecConfig)).parse(argv)
     set_seed(cfg.seed)
 
-    # Data
+    # Data (and the checkpoint to resume from: `true` = the newest under OUT/checkpoints)
+    out = Path(run_args.output_dir)
     try:
         splits, num_items, train_counts, meta = load_dataset_dir(run_args.dataset_dir, cfg.max_len)
+        resume = train_state.resolve(out / "checkpoints", run_args.resume_from_checkpoint)
     except UserError as err:
         fail(err)
-    out = Path(run_args.output_dir)
     start = time.time()
 
     # Train (model selection on valid only), save the selected model.
     model = make_model(cfg, num_items, train_counts)
-    result = fit(model, cfg, splits["train"], splits["valid"], train_counts, progress=not run_args.quiet)
+    try:
+        result = fit(model, cfg, splits["train"], splits["valid"], train_counts, progress=not run_args.quiet,
+                     checkpoint_dir=out / "checkpoints", save_every=run_args.save_every, resume_from=resume,
+                     nonfinite=run_args.nonfinite)
+    except UserError as err:  # a non-finite loss with nonfinite: stop, or an unreadable checkpoint
+        fail(err)
     save_checkpoint(model, cfg, out / "checkpoint")
 
     # Outputs of every split: aux (NAPO's user vectors, candidate scores, item vectors) and metrics.

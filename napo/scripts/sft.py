@@ -26,8 +26,10 @@ from trl import ModelConfig, SFTConfig, get_peft_config
 
 from data_prep.errors import UserError
 from napo.cards import command_line, dataset_facts
+from napo.checkpoints import resolve_resume
 from napo.config import DatasetArguments
 from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
+from napo.guards import GuardArguments, attach_guards
 from napo.hub import RecSFTTrainer, base_model_facts
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.scripts.parser import ScriptParser, fail
@@ -37,12 +39,14 @@ from napo.utils import write_run_info
 
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys stop the run with file:line:column.
-    data_args, training_args, model_args = ScriptParser((DatasetArguments, SFTConfig, ModelConfig)).parse(argv)
+    parser = ScriptParser((DatasetArguments, SFTConfig, ModelConfig, GuardArguments))
+    data_args, training_args, model_args, guard_args = parser.parse(argv)
 
     # Data and tokenizer checked first, then the model (dtype, QLoRA quantization, attention
     # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
     # run with one line before any weights are loaded.
     try:
+        resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
         dataset, items, meta = load_training_data(data_args)
         tokenizer = load_tokenizer(
             model_args.model_name_or_path,
@@ -76,6 +80,7 @@ def main(argv=None):
     rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
     trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
                          "dataset": dataset_facts(data_args.source, meta, rows)}
+    attach_guards(trainer, guard_args.nonfinite, resume)  # NaN/inf stop or skip; checkpoints marked complete
     if trainer.accelerator.is_main_process:
         config = {
             "dataset": asdict(data_args),
@@ -85,8 +90,11 @@ def main(argv=None):
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 
-    # Train, save (adapter + tokenizer), push.
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # Train (from the resolved checkpoint: `true` = the last complete one), save, push.
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except UserError as err:  # the non-finite guard's one line
+        fail(err)
     trainer.save_model(training_args.output_dir)  # also saves the tokenizer
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     if training_args.push_to_hub:
