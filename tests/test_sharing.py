@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from napo.losses import listwise_preference_loss
 from napo.sharing import (
+    borrowed_items,
     build_pool,
     gather_pool_ids,
     num_partners,
@@ -265,7 +266,17 @@ def test_build_pool_modes_agree_when_scores_ignore_the_prompt():
                               extras={"aux": aux})
     completions = {i: [100 + i] for i in range(12)}
     listwise = [{"prompt_ids": [1, 2, 3], "completion_ids": [[100 + int(i)] for i in row]} for row in item_ids]
-    scored, slot = rescore_batch(listwise, planned, completions, pad_token_id=0, layout="naive")
+    borrowed = [[completions[i] for i in row] for row in borrowed_items(planned)]
+    scored, slot = rescore_batch(listwise, planned, borrowed, pad_token_id=0, layout="naive")
+    # naive layout: one sequence per (row, completion), row-major; the completion token follows the
+    # 3 prompt tokens, so each real pool slot's column must hold the token of its item
+    starts = [0]
+    for example, more in zip(listwise, borrowed, strict=True):
+        starts.append(starts[-1] + len(example["completion_ids"]) + len(more))
+    for b in range(n):
+        for j in range(planned.ids.shape[1]):
+            if planned.mask[b, j]:
+                assert scored["input_ids"][starts[b] + slot[b, j], 3].item() == 100 + planned.ids[b, j].item()
     # the extended batch's completion m of row b is the token 100 + item: recover the item ids
     width = scored["completion_mask"].shape[1]
     column_items = torch.full((n, width), -1)
