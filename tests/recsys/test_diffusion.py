@@ -202,3 +202,20 @@ def test_bad_settings_fail_in_one_line():
         DiffusionRec(5, steps=10, ddim_stride=20)
     with pytest.raises(ValueError, match="beta schedule"):
         DiffusionRec(5, schedule="sqrt")
+
+
+def test_configs_load():
+    import yaml
+    from pathlib import Path
+
+    paths = sorted(Path(__file__).parents[2].glob("recipes/configs/*/*dreamrec*.yaml")) + \
+        sorted(Path(__file__).parents[2].glob("recipes/configs/*/*preferdiff*.yaml"))
+    assert len(paths) == 12
+    for path in paths:
+        cfg = RecConfig.from_dict(yaml.safe_load(path.read_text()))
+        assert cfg.model in ("DreamRec", "PreferDiff") and cfg.diffusion_steps == 2000, path
+        if cfg.hidden == 3072:  # the papers' settings
+            assert (cfg.lr, cfg.batch_size, cfg.ddim_stride) == (1e-4, 256, 100), path
+            assert cfg.guidance_w == {"beauty": 8, "sports": 2}[path.parent.name], path
+        else:
+            make_model(cfg, 50)  # CPU-sized: builds
