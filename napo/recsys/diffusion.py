@@ -195,7 +195,8 @@ class DiffusionRec(SeqRecommender):
 
     def denoise(self, x_t: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0^ = F(x_t, c, t): [B, d], [B, d], [B] int -> [B, d]."""
-        tau = self.step_mlp(sinusoid(t, self.hidden))  # [B, d]
+        steps, row = t.unique(return_inverse=True)  # sampling: one step for the whole batch
+        tau = self.step_mlp(sinusoid(steps, self.hidden))[row]  # [B, d]
         return self.denoiser(torch.cat([x_t, c, tau], dim=-1))
 
     def guided(self, x_t: torch.Tensor, c: torch.Tensor, t: torch.Tensor, w: float) -> torch.Tensor:
