@@ -35,6 +35,7 @@ from napo.eval.metrics import (
 from napo.nonfinite import NonFiniteError, check_mode, nonfinite_gradients, nonfinite_message
 from napo.recsys import state as train_state
 from napo.recsys.data import SeqSplit
+from napo.recsys.diffusion_config import DIFFUSION_MODELS, build_diffusion
 from napo.recsys.losses import LOSSES, bce_loss, full_ce_loss, sampled_softmax_loss
 from napo.recsys.models import MODELS, SeqRecommender, build_model
 from napo.recsys.samplers import build_sampler
@@ -48,7 +49,7 @@ class RecConfigError(UserError):
 class RecConfig:
     """Every hyperparameter of an id-based recommender run (YAML keys = field names)."""
 
-    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec or Caser"})
+    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff"})
     hidden: int = field(default=64, metadata={"help": "embedding / hidden size d"})
     num_blocks: int = field(default=2, metadata={"help": "transformer blocks (SASRec) or GRU layers"})
     num_heads: int = field(default=1, metadata={"help": "attention heads (SASRec)"})
@@ -75,14 +76,31 @@ class RecConfig:
     eval_batch_size: int = field(default=512, metadata={"help": "rows per inference batch"})
     seed: int = field(default=42, metadata={"help": "random seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
+    # DreamRec / PreferDiff (napo.recsys.diffusion); ignored by the other models
+    diffusion_steps: int = field(default=2000, metadata={"help": "diffusion steps T"})
+    beta_schedule: str = field(default="linear", metadata={"help": "linear or cosine"})
+    beta_start: float = field(default=1e-4, metadata={"help": "linear schedule: first beta"})
+    beta_end: float = field(default=0.02, metadata={"help": "linear schedule: last beta"})
+    p_uncond: float = field(default=0.1, metadata={"help": "condition dropout (classifier-free guidance)"})
+    guidance_w: float = field(default=2.0, metadata={"help": "guidance weight w"})
+    diffusion_sampler: str = field(default="ddim", metadata={"help": "ddim or ddpm"})
+    ddim_stride: int = field(default=100, metadata={"help": "DDIM step stride"})
+    ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 = deterministic given x_T)"})
+    preferdiff_lambda: float = field(default=0.4, metadata={"help": "PreferDiff weight of the generation term"})
+    preferdiff_gamma: float = field(default=5.0, metadata={"help": "PreferDiff scale inside the sigmoid"})
+    preferdiff_form: str = field(default="paper", metadata={"help": "paper (per example) or faithful (batch level, official code)"})
+    denoiser: str = field(default="linear", metadata={"help": "linear (3d->d) or mlp (3d->2d->d)"})
+    score_items: str = field(default="dot", metadata={"help": "diffusion ranking: dot or cosine with the generated embedding"})
+    sample_seed: int = field(default=0, metadata={"help": "seed of the diffusion sampler's noise"})
 
     def __post_init__(self):
         if self.select_protocol not in ("auto", "candidates", "full"):
             raise RecConfigError(f"select_protocol must be auto, candidates or full, got {self.select_protocol!r}")
         if self.loss not in LOSSES:
             raise RecConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.model not in MODELS:
-            raise RecConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.model not in MODELS and self.model not in DIFFUSION_MODELS:
+            known = [*MODELS, *DIFFUSION_MODELS]
+            raise RecConfigError(f"unknown model {self.model!r}; choose one of {', '.join(known)}")
 
     @classmethod
     def from_dict(cls, values: dict) -> RecConfig:
@@ -118,6 +136,8 @@ class RecRunArguments:
 
 
 def make_model(cfg: RecConfig, num_items: int, train_counts=None) -> SeqRecommender:
+    if cfg.model in DIFFUSION_MODELS:
+        return build_diffusion(cfg, num_items)
     return build_model(cfg.model, num_items, hidden=cfg.hidden, num_blocks=cfg.num_blocks,
                        num_heads=cfg.num_heads, dropout=cfg.dropout, max_len=cfg.max_len,
                        train_counts=None if train_counts is None else torch.as_tensor(train_counts))
@@ -218,6 +238,8 @@ class FitResult:
 
 def _batch_loss(model: SeqRecommender, cfg: RecConfig, sampler, seq: torch.Tensor,
                 target: torch.Tensor) -> torch.Tensor:
+    if hasattr(model, "training_loss"):  # models with their own objective (DreamRec, PreferDiff)
+        return model.training_loss(seq, target, all_positions=cfg.all_positions)
     if cfg.all_positions and model.supports_all_positions:
         full = torch.cat([seq, target[:, None] + 1], dim=1)[:, -(cfg.max_len + 1):]
         inp, labels = full[:, :-1], full[:, 1:] - 1
