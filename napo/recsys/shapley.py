@@ -235,7 +235,7 @@ class ShapleySampler:
                  train_items: dict[int, np.ndarray], seed: int):
         self.s = settings
         self.neg = negatives  # napo.recsys.cf.UniformNegatives
-        self.train_user, self.train_item = train_user, train_item
+        self.train_user, self.train_item = train_user.copy(), train_item.copy()  # writable
         self.rng = np.random.default_rng([seed, 11])
         users = np.array(sorted(valid_targets))
         self.val_users = np.sort(self.rng.choice(users, min(len(users), settings.val_users), replace=False))
