@@ -53,8 +53,9 @@ class CFConfig:
                                                       "BSL tau1; PSL (the PSL paper's tau = tau / 2)"})
     tau2: float = field(default=0.1, metadata={"help": "BSL negative-side temperature (raw cosine); tau2 = tau gives SSM"})
     activation: str = field(default="tanh", metadata={"help": "PSL surrogate: tanh | atan | relu | exp (exp = SSM)"})
-    shared_negatives: bool = field(default=True, metadata={"help": "one set of num_negatives uniform items per batch (fast matmul) "
-                                                                   "instead of per positive; the user's training items are masked"})
+    shared_negatives: bool = field(default=True, metadata={"help": "softmax family: one set of num_negatives uniform items per batch "
+                                                                   "(a matmul) instead of per positive; the user's training items are "
+                                                                   "masked. BPR always draws its negatives per positive"})
     include_positive: bool = field(default=False, metadata={"help": "SSM: positive also in the denominator"})
     sampler: str = field(default="uniform", metadata={"help": "uniform | shapley (Triplet-Shapley resampling; BPR only)"})
     l2: float = field(default=0.0, metadata={"help": "L2 on the batch's layer-0 embeddings, l2 * mean squared norm"})
@@ -236,7 +237,7 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
             weight = None
             if shapley is not None:
                 j, mask, weight = shapley.sample(u, i)
-            elif cfg.shared_negatives:
+            elif cfg.shared_negatives and cfg.loss != "bpr":
                 j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
             else:
                 j, mask = negatives.sample(u, cfg.num_negatives)  # [B, K]
