@@ -113,3 +113,24 @@ def test_candidate_protocol_fold_in(cf_dir, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= m["hr@1"] <= m["hr@5"] <= m["hr@10"] == pytest.approx(1.0)  # 10 candidates
     assert "valid/ndcg@10" in m and "pop/hr@10/head" in m
+
+
+def test_bpr_draws_one_negative_per_positive(cf_dir, monkeypatch):
+    from napo.recsys.cf import UniformNegatives
+
+    calls = []
+    real = UniformNegatives.sample
+
+    def spy(self, users, k):
+        calls.append((len(users), k))
+        return real(self, users, k)
+
+    def no_shared(*_):
+        raise AssertionError("BPR must not share one negative across the batch")
+
+    monkeypatch.setattr(UniformNegatives, "sample", spy)
+    monkeypatch.setattr(UniformNegatives, "sample_shared", no_shared)
+    data, _ = cf_train.load_data(cf_dir / "cf")
+    cfg = cf_train.CFConfig(model="MF", loss="bpr", max_epochs=1, batch_size=64, dim=4)
+    cf_train.fit(cf_train.build_model(cfg, data), cfg, data, progress=False)
+    assert calls and all(k == 1 for _, k in calls) and sum(b for b, _ in calls) == len(data.train[0])
