@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(args.dataset_dir),
                          "dataset_fingerprint": meta["fingerprint"], "history": result.history}, cfg.seed)
     shown = {k: round(metrics[k], 4) for k in ("recall@20", "ndcg@20", "train/fit_seconds")}
-    print(f"{cfg.model}-{cfg.loss}{'-shapley' if cfg.sampler == 'shapley' else ''} test "
+    name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
+    print(f"{name}{'-shapley' if cfg.sampler == 'shapley' else ''} test "
           f"{json.dumps(shown)} -> {out / 'metrics.json'}")
     return 0
 
