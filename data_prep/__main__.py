@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--item-format", default="title", help="title | token (<item_ID> tokens)")
     p.add_argument("--storage", default="ids",
                    help="ids (store ids; prompt/chosen/rejected rendered on load, a tenth of the disk) | text")
+    p.add_argument("--protocol", default="sequential",
+                   help="sequential: candidate-list prompts (default); cf: user-item sets split per "
+                        "user 80/10/10 for MF / LightGCN (see data_prep/cf.py)")
     p.add_argument("--seed", type=int, default=42, help="user split, template choice, uniform/popularity samplers")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -51,6 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help, or a usage error already printed as one line
         return int(stop.code or 0)
     try:
+        if args.protocol == "cf":
+            from data_prep.cf import build_cf, summary_table
+
+            meta = build_cf(args)
+            print(summary_table(meta))
+            print(f"wrote {args.output_dir} (fingerprint {meta['fingerprint'][:12]})")
+            return 0
+        if args.protocol != "sequential":
+            raise DataPrepError(f"unknown --protocol '{args.protocol}'; choose sequential or cf")
         from data_prep.build import build, print_summary
 
         meta = build(args)

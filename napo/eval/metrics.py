@@ -272,3 +272,85 @@ def popularity_report(
         out[f"pop/gini@{k}"] = gini(exposure)
         out[f"pop/tail_share@{k}"] = float((bands[top] == TAIL).mean()) if top.size else float("nan")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Several relevant items per user (the CF protocol: a user's held-out item set)
+
+
+def _ragged_rows(lists: Any, n: int, name: str) -> list[np.ndarray]:
+    rows = list(lists)
+    if len(rows) != n:
+        raise ValueError(f"{name} has {len(rows)} rows but scores have {n}")
+    return [np.asarray(_to_numpy(r), dtype=np.int64).reshape(-1) for r in rows]
+
+
+def set_metrics_per_user(
+    scores: Any, targets: Any, exclude: Any = None, ks: Sequence[int] = (20,)
+) -> dict[str, np.ndarray]:
+    """Full-catalogue recall@k and ndcg@k of each user's relevant set: arrays [N] per key.
+
+    scores: [N, num_items], higher better. targets: N id lists (each non-empty, no duplicates).
+    exclude: None or N id lists (e.g. training items; at test also validation items) removed
+    from the ranking; a target that is also excluded is still ranked.
+
+    Pessimistic ties: the 1-based rank of target t is
+        1 + #{non-target, non-excluded j : s_j >= s_t} + #{targets ranked before t},
+    targets ordered by score (ties between two targets do not change DCG). Then, with T_u the
+    targets and r_t the ranks,
+        recall@k = #{t : r_t <= k} / |T_u|,
+        ndcg@k   = sum_{t : r_t <= k} 1 / log2(r_t + 1)  /  sum_{r=1}^{min(k, |T_u|)} 1 / log2(r + 1).
+    """
+    s = _check_scores(_to_numpy(scores))
+    n, num_items = s.shape
+    tgt = _ragged_rows(targets, n, "targets")
+    exc = _ragged_rows(exclude, n, "exclude") if exclude is not None else [np.zeros(0, np.int64)] * n
+    sizes = np.array([len(t) for t in tgt], dtype=np.int64)
+    if n and sizes.min() < 1:
+        raise ValueError(f"row {int(np.argmin(sizes))} has no target; keep only users with targets")
+    for i, t in enumerate(tgt):
+        if t.size and (t.min() < 0 or t.max() >= num_items):
+            raise ValueError(f"targets row {i} has an item id outside [0, {num_items})")
+    out = {f"{m}@{k}": np.zeros(n) for k in ks for m in ("recall", "ndcg")}
+    if n == 0:
+        return out
+    # Rows in chunks so that the [rows, max targets, num_items] comparison stays ~16M booleans.
+    start = 0
+    while start < n:
+        stop = start + 1
+        while stop < n and (stop + 1 - start) * int(sizes[start:stop + 1].max()) * num_items <= 16_000_000:
+            stop += 1
+        m, tmax = stop - start, int(sizes[start:stop].max())
+        pad = np.zeros((m, tmax), np.int64)
+        valid_t = np.zeros((m, tmax), bool)
+        other = np.ones((m, num_items), bool)  # non-target, non-excluded
+        for r in range(m):
+            t, e = tgt[start + r], exc[start + r]
+            pad[r, : t.size], valid_t[r, : t.size] = t, True
+            other[r, e] = False
+            other[r, t] = False
+        st = np.take_along_axis(s[start:stop], pad, 1)  # [m, tmax]
+        ahead = ((s[start:stop, None, :] >= st[:, :, None]) & other[:, None, :]).sum(-1)  # [m, tmax]
+        st_sorted = np.where(valid_t, st, -np.inf)
+        order = np.argsort(-st_sorted, axis=1, kind="stable")  # targets best first, padding last
+        ranks = np.take_along_axis(ahead, order, 1) + 1 + np.arange(tmax)[None, :]  # [m, tmax]
+        ranks = np.where(np.take_along_axis(valid_t, order, 1), ranks, np.iinfo(np.int64).max)
+        gain = np.where(ranks < np.iinfo(np.int64).max, 1.0 / np.log2(np.minimum(ranks, 1 << 40) + 1.0), 0.0)
+        size = sizes[start:stop]
+        for k in ks:
+            if k < 1:
+                raise ValueError(f"k must be >= 1, got {k}")
+            hit = ranks <= k
+            ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[np.minimum(size, k) - 1]
+            out[f"recall@{k}"][start:stop] = hit.sum(1) / size
+            out[f"ndcg@{k}"][start:stop] = np.where(hit, gain, 0.0).sum(1) / ideal
+        start = stop
+    return out
+
+
+def set_ranking_metrics(
+    scores: Any, targets: Any, exclude: Any = None, ks: Sequence[int] = (20,)
+) -> dict[str, float]:
+    """recall@k, ndcg@k averaged over users (rows); see `set_metrics_per_user`."""
+    per = set_metrics_per_user(scores, targets, exclude, ks)
+    return {k: float(v.mean()) if v.size else float("nan") for k, v in per.items()}

@@ -162,3 +162,54 @@ def test_popularity_report_hand_computed():
     assert rep["pop/tail_share@2"] == pytest.approx(1 / 6)
     assert rep["pop/coverage@2"] == pytest.approx(0.75)
     assert rep["pop/targets/head"] == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# several relevant items per user (CF protocol)
+
+
+def test_set_metrics_hand_computed():
+    from napo.eval.metrics import set_metrics_per_user, set_ranking_metrics
+
+    scores = np.array([[0.9, 0.8, 0.8, 0.1, 0.5, 0.3],
+                       [0.2, 0.2, 0.2, 0.2, 0.2, 0.2]])
+    targets = [[2, 4], [5]]
+    exclude = [[0], []]
+    per = set_metrics_per_user(scores, targets, exclude, ks=(2, 3, 10))
+    # row 0: item 0 excluded; target 2 ties with non-target 1 -> rank 2; target 4 -> rank 3
+    # row 1: all tied -> the target ranks after the 5 others: rank 6
+    l2, l3, l4, l7 = (np.log2(x) for x in (2, 3, 4, 7))
+    np.testing.assert_allclose(per["recall@2"], [0.5, 0.0])
+    np.testing.assert_allclose(per["ndcg@2"], [(1 / l3) / (1 / l2 + 1 / l3), 0.0])
+    np.testing.assert_allclose(per["recall@3"], [1.0, 0.0])
+    np.testing.assert_allclose(per["ndcg@3"], [(1 / l3 + 1 / l4) / (1 / l2 + 1 / l3), 0.0])
+    np.testing.assert_allclose(per["recall@10"], [1.0, 1.0])
+    np.testing.assert_allclose(per["ndcg@10"], [(1 / l3 + 1 / l4) / (1 / l2 + 1 / l3), 1 / l7])
+    avg = set_ranking_metrics(scores, targets, exclude, ks=(2,))
+    assert avg["recall@2"] == pytest.approx(0.25)
+
+
+def test_set_metrics_idcg_uses_min_k_targets_and_target_stays_ranked():
+    from napo.eval.metrics import set_metrics_per_user
+
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    per = set_metrics_per_user(scores, [[0, 1, 2, 3]], None, ks=(2,))
+    assert per["ndcg@2"][0] == pytest.approx(1.0) and per["recall@2"][0] == pytest.approx(0.5)
+    # excluding items ahead of the target lifts it; excluding the target itself does not drop it
+    per = set_metrics_per_user(scores, [[3]], [[0, 1, 3]], ks=(1, 2))
+    assert per["recall@1"][0] == 0.0 and per["recall@2"][0] == 1.0
+    assert per["ndcg@2"][0] == pytest.approx(1 / np.log2(3))
+
+
+def test_set_metrics_agree_with_single_target_full_ranking():
+    from napo.eval.metrics import full_ranking_metrics, set_ranking_metrics
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=(50, 30)).astype(float)  # many ties
+    t = rng.integers(0, 30, size=50)
+    ex = [rng.choice(30, 4, replace=False) for _ in range(50)]
+    one = full_ranking_metrics(scores, t, ex, ks=(5, 10))
+    many = set_ranking_metrics(scores, [[x] for x in t], ex, ks=(5, 10))
+    for k in (5, 10):
+        assert many[f"recall@{k}"] == pytest.approx(one[f"hr@{k}"])
+        assert many[f"ndcg@{k}"] == pytest.approx(one[f"ndcg@{k}"])

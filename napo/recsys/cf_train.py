@@ -1,0 +1,373 @@
+"""Train and evaluate a CF comparator (MostPop, MF, LightGCN; BPR, SSM, BSL, PSL; Triplet-Shapley
+resampling) on a CF-protocol directory (`python -m data_prep ... --protocol cf`).
+
+    python -m napo.recsys.cf_train --config recipes/configs/ml-100k/mf-bpr.yaml \
+        --dataset_dir runs/data/ml-100k-cf --output_dir runs/cf/mf-bpr [--seed 1] [--tau 0.1]
+
+Every CFConfig field can be set in the YAML file and overridden on the command line. Protocol:
+full ranking over all items; the user's training items are excluded (at test also the
+validation items); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
+users with at least one held-out item. Model selection: valid ndcg@20 every `eval_every` epochs,
+stop after `patience` evaluations without improvement; the best state is restored. Writes
+OUT/metrics.json (recall@k, ndcg@k, pop/... on test; valid/...; train/...), OUT/checkpoint/
+(model.safetensors + config.json) and OUT/run.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from data_prep.errors import UserError
+from napo.eval.metrics import popularity_report, set_metrics_per_user
+from napo.recsys.cf import (
+    LOSSES,
+    MODELS,
+    PSL_ACTIVATIONS,
+    UniformNegatives,
+    build_backbone,
+    cf_loss,
+)
+from napo.recsys.shapley import ShapleySampler, ShapleySettings
+
+KS = (10, 20, 50)
+SAMPLERS = ("uniform", "shapley")
+
+
+@dataclass
+class CFConfig:
+    """Every hyperparameter of a CF run (YAML keys = field names = CLI flags)."""
+
+    model: str = field(default="MF", metadata={"help": "MostPop, MF or LightGCN"})
+    dim: int = field(default=64, metadata={"help": "embedding size d"})
+    num_layers: int = field(default=2, metadata={"help": "LightGCN propagation layers (0 = MF)"})
+    init_std: float = field(default=0.1, metadata={"help": "std of the normal embedding init"})
+    loss: str = field(default="bpr", metadata={"help": "bpr (dot product) | ssm | bsl | psl (cosine scores)"})
+    num_negatives: int = field(default=1, metadata={"help": "uniform negatives per positive (not the user's training items)"})
+    tau: float = field(default=0.1, metadata={"help": "temperature on the RAW cosine difference: SSM exp((c_uj - c_ui)/tau); "
+                                                      "BSL tau1; PSL (the PSL paper's tau = tau / 2)"})
+    tau2: float = field(default=0.1, metadata={"help": "BSL negative-side temperature (raw cosine); tau2 = tau gives SSM"})
+    activation: str = field(default="tanh", metadata={"help": "PSL surrogate: tanh | atan | relu | exp (exp = SSM)"})
+    shared_negatives: bool = field(default=True, metadata={"help": "softmax family: one set of num_negatives uniform items per batch "
+                                                                   "(a matmul) instead of per positive; the user's training items are "
+                                                                   "masked. BPR always draws its negatives per positive"})
+    include_positive: bool = field(default=False, metadata={"help": "SSM: positive also in the denominator"})
+    sampler: str = field(default="uniform", metadata={"help": "uniform | shapley (Triplet-Shapley resampling; BPR only)"})
+    l2: float = field(default=0.0, metadata={"help": "L2 on the batch's layer-0 embeddings, l2 * mean squared norm"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    batch_size: int = field(default=1024, metadata={"help": "training pairs per step"})
+    max_epochs: int = field(default=200, metadata={"help": "upper bound on epochs"})
+    eval_every: int = field(default=5, metadata={"help": "epochs between validations"})
+    patience: int = field(default=5, metadata={"help": "validations without improvement before stopping"})
+    select_metric: str = field(default="ndcg@20", metadata={"help": "valid metric for model selection"})
+    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock training budget (0 = none)"})
+    seed: int = field(default=42, metadata={"help": "random seed (init, shuffling, negatives)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (0 = leave as is)"})
+    shapley_warmup_epochs: int = field(default=20, metadata={"help": "uniform BPR epochs before the first valuation"})
+    shapley_refresh_epochs: int = field(default=10, metadata={"help": "epochs between valuations"})
+    shapley_rounds: int = field(default=3, metadata={"help": "valuations at most"})
+    shapley_players: int = field(default=512, metadata={"help": "triplets valued per round"})
+    shapley_permutations: int = field(default=30, metadata={"help": "Monte Carlo permutations per round"})
+    shapley_val_users: int = field(default=300, metadata={"help": "validation users in the utility"})
+    shapley_eta: float = field(default=1.0, metadata={"help": "step size of the one-step lookahead game"})
+    shapley_pool: int = field(default=4, metadata={"help": "negatives per positive that TIP chooses from"})
+    shapley_uniform_mix: float = field(default=0.5, metadata={"help": "uniform share of the resampling mixture"})
+    shapley_weighting: bool = field(default=False, metadata={"help": "also weight BPR terms by clipped, normalised values"})
+
+    def __post_init__(self):
+        choices = {"model": ("MostPop", *MODELS), "loss": LOSSES, "activation": PSL_ACTIVATIONS,
+                   "sampler": SAMPLERS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.sampler == "shapley" and self.loss != "bpr":
+            raise ValueError("sampler: shapley resamples BPR triplets; set loss: bpr")
+        if self.select_metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in KS}:
+            raise ValueError(f"select_metric: {self.select_metric!r}; use recall@k or ndcg@k, k in {KS}")
+
+    @property
+    def cosine(self) -> bool:
+        """The softmax family scores cosines (training and evaluation); BPR dot products."""
+        return self.loss != "bpr"
+
+    def shapley(self) -> ShapleySettings:
+        return ShapleySettings(
+            warmup_epochs=self.shapley_warmup_epochs, refresh_epochs=self.shapley_refresh_epochs,
+            rounds=self.shapley_rounds, players=self.shapley_players,
+            permutations=self.shapley_permutations, val_users=self.shapley_val_users,
+            eta=self.shapley_eta, pool=self.shapley_pool, uniform_mix=self.shapley_uniform_mix,
+            weighting=self.shapley_weighting)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class CFData:
+    num_users: int
+    num_items: int
+    train: tuple[np.ndarray, np.ndarray]  # (user [T], item [T])
+    valid: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    train_counts: np.ndarray  # [I]
+
+    def by_user(self, split: str) -> dict[int, np.ndarray]:
+        user, item = getattr(self, split)
+        order = np.argsort(user, kind="stable")
+        u, it = user[order], item[order]
+        keys, starts = np.unique(u, return_index=True)
+        return {int(k): v for k, v in zip(keys, np.split(it, starts[1:]), strict=True)}
+
+
+def load_data(path: str | Path) -> tuple[CFData, dict]:
+    from data_prep.cf import load_cf
+
+    splits, items, meta = load_cf(path)
+    num_items = int(items["item_id"].max()) + 1
+    counts = np.zeros(num_items, np.int64)
+    counts[items["item_id"].to_numpy()] = items["train_count"].to_numpy()
+    return CFData(meta["counts"]["users"], num_items, splits["train"], splits["valid"],
+                  splits["test"], counts), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring and evaluation
+
+
+def vectors(model, cfg: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    users, items = model()
+    if cfg.cosine:
+        users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
+    return users, items
+
+
+@torch.no_grad()
+def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chunk: int = 1024) -> dict:
+    """Average recall@k / ndcg@k over users with items in `split`; `score_rows(users [b]) ->
+    [b, I]` scores. Training items are excluded, and at test also validation items."""
+    targets = data.by_user(split)
+    exclude = [data.by_user("train")] + ([data.by_user("valid")] if split == "test" else [])
+    users = np.array(sorted(targets))
+    per = {f"{m}@{k}": [] for k in ks for m in ("recall", "ndcg")}
+    tops, flat_t = [], []
+    empty = np.zeros(0, np.int64)
+    for start in range(0, len(users), chunk):
+        ub = users[start:start + chunk]
+        s = score_rows(torch.from_numpy(ub)).double().numpy()
+        tg = [targets[u] for u in ub]
+        ex = [np.concatenate([e.get(u, empty) for e in exclude]) for u in ub]
+        for key, v in set_metrics_per_user(s, tg, ex, ks).items():
+            per[key].append(v)
+        if pop:  # top-20 lists, targets placed after every item tied with them (pessimistic)
+            for r, (t, e) in enumerate(zip(tg, ex, strict=True)):
+                s[r, e] = -np.inf
+                s[r, t] = np.nextafter(s[r, t], -np.inf)
+            top = torch.topk(torch.from_numpy(s), max(ks[:2]), dim=1).indices.numpy()
+            sizes = [len(t) for t in tg]
+            tops.append(np.repeat(top, sizes, axis=0))
+            flat_t += tg
+    out = {k: float(np.concatenate(v).mean()) for k, v in per.items()}
+    if pop:
+        out.update(popularity_report(np.concatenate(tops), np.concatenate(flat_t), data.train_counts, ks[:2]))
+    return out
+
+
+def model_scorer(model, cfg: CFConfig):
+    users, items = vectors(model, cfg)
+    return lambda ub: users[ub] @ items.T
+
+
+def popularity_scorer(data: CFData):
+    counts = torch.from_numpy(data.train_counts).float()
+    return lambda ub: counts[None].expand(len(ub), -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: float
+    epochs_run: int
+    wall_s: float
+    history: list[dict]
+
+
+def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None) -> FitResult:
+    """Adam over shuffled training pairs; validation every `eval_every` epochs (default: valid
+    `select_metric` of the CF protocol; pass `validate(model) -> float` to override)."""
+    start = time.time()
+    validate = validate or (lambda m: evaluate(model_scorer(m, cfg), data, "valid", KS)[cfg.select_metric])
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    t_user, t_item = data.train
+    negatives = UniformNegatives(t_user, t_item, data.num_items, gen)
+    shapley = None
+    if cfg.sampler == "shapley":
+        shapley = ShapleySampler(cfg.shapley(), negatives, t_user, t_item, data.by_user("valid"),
+                                 data.by_user("train"), cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    users_all, items_all = torch.from_numpy(t_user.copy()), torch.from_numpy(t_item.copy())
+    best, best_epoch, best_state, bad, history = -math.inf, 0, None, 0, []
+    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{cfg.model}-{cfg.loss}", disable=not progress)
+    epoch = 0
+    for epoch in bar:
+        record: dict = {"epoch": epoch}
+        if shapley is not None:
+            with torch.no_grad():
+                u_vec, i_vec = model()
+            if shapley.due(epoch):
+                record["shapley"] = shapley.refresh(u_vec, i_vec, epoch)
+            shapley.set_vectors(u_vec, i_vec)
+        model.train()
+        perm = torch.randperm(len(t_user), generator=gen)
+        total, steps = 0.0, 0
+        for b in range(0, len(perm), cfg.batch_size):
+            idx = perm[b: b + cfg.batch_size]
+            u, i = users_all[idx], items_all[idx]
+            weight = None
+            if shapley is not None:
+                j, mask, weight = shapley.sample(u, i)
+            elif cfg.shared_negatives and cfg.loss != "bpr":
+                j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
+            else:
+                j, mask = negatives.sample(u, cfg.num_negatives)  # [B, K]
+            users, items = vectors(model, cfg)
+            eu = users[u]  # [B, d]
+            pos = (eu * items[i]).sum(-1)  # [B]
+            if j.dim() == 1:
+                neg = eu @ items[j].T  # [B, K]
+                j = j[None]  # [1, K] for the L2 term
+            else:
+                neg = torch.einsum("bd,bkd->bk", eu, items[j])  # [B, K]
+            loss = cf_loss(cfg.loss, pos, neg, tau=cfg.tau, tau2=cfg.tau2, activation=cfg.activation,
+                           include_positive=cfg.include_positive, neg_mask=mask, weight=weight)
+            if cfg.l2:
+                loss = loss + cfg.l2 * (model.user[u].pow(2).sum() + model.item[i].pow(2).sum()) / len(u) \
+                    + cfg.l2 * model.item[j].pow(2).sum() / j.numel()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+        record["loss"] = total / max(steps, 1)
+        out_of_time = time.time() > deadline
+        if epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.max_epochs:
+            model.eval()
+            score = validate(model)
+            record["valid"] = score
+            if score > best:
+                best, best_epoch, bad = score, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{best:.4f}@{best_epoch}")
+        if bad >= cfg.patience or out_of_time:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(best_epoch, best, epoch, time.time() - start, history)
+
+
+def build_model(cfg: CFConfig, data: CFData):
+    torch.manual_seed(cfg.seed)
+    return build_backbone(cfg.model, data.num_users, data.num_items, *data.train, cfg.dim,
+                          cfg.num_layers, cfg.init_std)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+@dataclass
+class CFRunArguments:
+    """Where a CF run reads and writes (the script's arguments beside CFConfig)."""
+
+    dataset_dir: str | None = field(default=None, metadata={"help": "prepared directory (data_prep --protocol cf)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where metrics.json, checkpoint/ and run.json go"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+    def __post_init__(self):
+        for name in ("dataset_dir", "output_dir"):
+            if not getattr(self, name):
+                raise UserError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
+
+
+def parse_args(argv: list[str] | None, config_cls=CFConfig) -> tuple[CFRunArguments, dict]:
+    """The one argument style (napo.scripts.parser): --config FILE (YAML) + command-line overrides;
+    unknown keys, bad values and failed checks exit 2 with one line naming the file and line."""
+    from napo.scripts.parser import ScriptParser
+
+    run_args, cfg = ScriptParser((CFRunArguments, config_cls)).parse(argv)
+    return run_args, asdict(cfg)
+
+
+def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({**asdict(cfg), **extra}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.prepared import PreparedDataError
+    from napo.utils import set_seed, write_run_info
+
+    args, values = parse_args(argv)
+    try:
+        cfg = CFConfig(**values)
+    except (TypeError, ValueError) as err:
+        print(f"error: config: {err}", file=sys.stderr)
+        return 2
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    try:
+        data, meta = load_data(args.dataset_dir)
+    except PreparedDataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.model == "MostPop":
+        t0 = time.time()
+        scorer, result = popularity_scorer(data), FitResult(0, float("nan"), 0, 0.0, [])
+        metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
+        result.wall_s = time.time() - t0
+    else:
+        model = build_model(cfg, data)
+        result = fit(model, cfg, data, progress=not args.quiet)
+        save_checkpoint(model, cfg, out / "checkpoint", num_users=data.num_users, num_items=data.num_items)
+        scorer = model_scorer(model, cfg)
+        metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
+    metrics.update(evaluate(scorer, data, "test", pop=True))
+    metrics.update({"train/best_epoch": result.best_epoch, "train/epochs": result.epochs_run,
+                    "train/fit_seconds": round(result.wall_s, 1)})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(args.dataset_dir),
+                         "dataset_fingerprint": meta["fingerprint"], "history": result.history}, cfg.seed)
+    shown = {k: round(metrics[k], 4) for k in ("recall@20", "ndcg@20", "train/fit_seconds")}
+    name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
+    print(f"{name}{'-shapley' if cfg.sampler == 'shapley' else ''} test "
+          f"{json.dumps(shown)} -> {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Triplet Shapley (after He & Ma, CIKM 2024, "ITIPR"): value BPR triplets (u, i, j) by their
+Shapley value for a validation utility, generalise the values to unseen triplets with a small
+model (TIP), and resample / weight BPR triplets by them.
+
+What follows the paper (abstract-level, see shared/papers/cf.md section 1): Shapley values of
+training triplets, a Monte Carlo permutation estimator (unbiased), a control-covariate variance
+reduction, a model that predicts the importance of unseen triplets, and resampling of important
+triplets during BPR training. Everything else is OUR design, because the paper body could not be
+read and the official code has neither control covariates nor TIP:
+- the game: v(S) = NDCG@20 over a fixed subset of validation users (their valid items as targets,
+  training items excluded) of the embeddings after ONE gradient step of size eta on
+  sum_{t in S} BPR_t from the current model theta_0 (a one-step lookahead, so prefixes are
+  updated incrementally: a triplet moves only e_u, e_i, e_j);
+- the control covariate Z_t(pi) = |Pre_pi(t)| (position of t in the permutation), whose mean
+  (n - 1) / 2 is known: phi_cv = phi_hat - c_hat (Z_bar - (n - 1) / 2), c_hat = Cov(D, Z) / Var(Z);
+- TIP: a 2-layer MLP (64 hidden, ReLU) on [e_u*e_i + c_u*e_i, e_u*e_j + c_u*e_j] (c_u = mean
+  embedding of u's training items), regressed on the standardised values with MSE;
+- resampling: for each positive, `pool` uniform negatives are scored by TIP and one is drawn with
+  p = mix / pool + (1 - mix) (max(phi, 0) + eps) / sum(max(phi, 0) + eps); optional weighting of
+  the BPR term by w = (max(phi, 0) + eps) / mean_batch (never the raw, possibly negative values,
+  which would reverse the gradient).
+The valued game uses the backbone's output vectors as if they were free parameters: exact for MF,
+an approximation for LightGCN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from napo.eval.metrics import set_metrics_per_user
+
+# ---------------------------------------------------------------------------------------------
+# Monte Carlo Shapley with a control covariate (generic over games)
+
+
+@dataclass
+class ShapleyEstimate:
+    plain: np.ndarray  # [n] mean marginal contribution over the permutations
+    cv: np.ndarray  # [n] with the coalition-size control covariate
+    coef: np.ndarray  # [n] c_hat per player
+    marginals: np.ndarray  # [M, n] D[m, t] = contribution of t in permutation m
+    positions: np.ndarray  # [M, n] Z[m, t] = number of players before t
+
+
+def prefix_marginals(value: Callable[[list[int]], float], perm: np.ndarray) -> np.ndarray:
+    """Marginal contribution of every player in permutation `perm` [n] of a game given by its
+    value function on coalitions: D[perm[k]] = v(perm[:k + 1]) - v(perm[:k]). Returns [n]."""
+    out = np.zeros(len(perm))
+    prev = value([])
+    for k, t in enumerate(perm):
+        cur = value(list(perm[: k + 1]))
+        out[t] = cur - prev
+        prev = cur
+    return out
+
+
+def control_variate(marginals: np.ndarray, positions: np.ndarray, n: int,
+                    coef: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """phi_cv = mean(D) - c (mean(Z) - (n - 1) / 2) per player; c = Cov(D, Z) / Var(Z) estimated
+    from the same samples unless `coef` [n] is given. D, Z: [M, n]. Returns (phi_cv, c)."""
+    z_mean = (n - 1) / 2
+    if coef is None:
+        dz = marginals - marginals.mean(0)
+        zz = positions - positions.mean(0)
+        var = (zz ** 2).mean(0)
+        coef = np.where(var > 0, (dz * zz).mean(0) / np.where(var > 0, var, 1.0), 0.0)
+    return marginals.mean(0) - coef * (positions.mean(0) - z_mean), coef
+
+
+def mc_shapley(marginals_of: Callable[[np.ndarray], np.ndarray], n: int, num_permutations: int,
+               rng: np.random.Generator, permutations: np.ndarray | None = None) -> ShapleyEstimate:
+    """phi_hat_t = (1 / M) sum_m D_t(pi_m) over M uniform permutations (unbiased when every
+    marginal is exact: no truncation), plus the control-covariate estimate.
+
+    `marginals_of(perm [n]) -> [n]` gives each player's contribution in that permutation.
+    `permutations` [M, n] overrides the random draw (tests enumerate all n! of them).
+    """
+    perms = permutations if permutations is not None else np.stack(
+        [rng.permutation(n) for _ in range(num_permutations)])
+    marg = np.stack([marginals_of(p) for p in perms])  # [M, n]
+    pos = np.argsort(perms, axis=1).astype(np.float64)  # [M, n] position of player t
+    cv, coef = control_variate(marg, pos, n)
+    return ShapleyEstimate(marg.mean(0), cv, coef, marg, pos)
+
+
+# ---------------------------------------------------------------------------------------------
+# The triplet game: one-step BPR lookahead, validation NDCG@k
+
+
+class LookaheadGame:
+    """Players: triplets [n, 3] (u, i, j) whose users are all validation users of the game.
+
+    users [U, d], items [I, d]: the current (theta_0) vectors, dot-product scores.
+    val_users [V]; val_targets: V id arrays; val_exclude: V id arrays (training items).
+    Adding triplet t applies its own BPR gradient step at theta_0:
+        w = sigmoid(s_uj - s_ui),  e_u += eta w (e_i - e_j),  e_i += eta w e_u,  e_j -= eta w e_u.
+    Utility: mean NDCG@k over the V users (napo.eval.metrics, pessimistic ties).
+    """
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, triplets: np.ndarray,
+                 val_users: np.ndarray, val_targets: list, val_exclude: list, eta: float, k: int = 20):
+        u0 = users[val_users].double().numpy()  # [V, d]
+        self.items0 = items.double().numpy()  # [I, d]
+        self.k = k
+        row = np.full(users.shape[0], -1, np.int64)
+        row[val_users] = np.arange(len(val_users))
+        self.trip_row = row[triplets[:, 0]]
+        if (self.trip_row < 0).any():
+            raise ValueError("every triplet's user must be a validation user of the game")
+        self.trip = triplets
+        eu, ei, ej = u0[self.trip_row], self.items0[triplets[:, 1]], self.items0[triplets[:, 2]]
+        w = 1.0 / (1.0 + np.exp(-((eu * ej).sum(1) - (eu * ei).sum(1))))  # [n]
+        self.d_user = eta * w[:, None] * (ei - ej)  # [n, d]
+        self.d_pos = eta * w[:, None] * eu
+        self.d_neg = -eta * w[:, None] * eu
+        self.u0 = u0
+        self.targets = val_targets
+        self.mask = np.zeros((len(val_users), len(self.items0)), bool)
+        for r, e in enumerate(val_exclude):
+            self.mask[r, e] = True
+        s0 = np.where(self.mask, -np.inf, u0 @ self.items0.T)  # [V, I]
+        self.s0 = s0
+        self.ndcg0 = self._ndcg(s0, np.arange(len(val_users)))
+        self.thr0 = self._threshold(s0)
+
+    def _ndcg(self, s: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return set_metrics_per_user(s, [self.targets[r] for r in rows], None, (self.k,))[f"ndcg@{self.k}"]
+
+    def _threshold(self, s: np.ndarray) -> np.ndarray:
+        kk = min(self.k, s.shape[1]) - 1
+        return -np.partition(-s, kk, axis=1)[:, kk]
+
+    @property
+    def empty_value(self) -> float:
+        return float(self.ndcg0.mean())
+
+    def marginals(self, perm: np.ndarray) -> np.ndarray:
+        """Walk `perm` [n], adding one triplet at a time; returns each triplet's contribution [n].
+        Only users whose top-k can change (a moved score at or above their k-th best, or their
+        own row) are re-scored, so the walk is exact and cheap."""
+        u, e, s = self.u0.copy(), self.items0.copy(), self.s0.copy()
+        ndcg, thr = self.ndcg0.copy(), self.thr0.copy()
+        total = ndcg.sum()
+        out = np.zeros(len(perm))
+        for t in perm:
+            r, i, j = self.trip_row[t], self.trip[t, 1], self.trip[t, 2]
+            old = s[:, [i, j]].copy()  # [V, 2]
+            u[r] += self.d_user[t]
+            e[i] += self.d_pos[t]
+            e[j] += self.d_neg[t]
+            s[:, i] = np.where(self.mask[:, i], -np.inf, u @ e[i])
+            s[:, j] = np.where(self.mask[:, j], -np.inf, u @ e[j])
+            s[r] = np.where(self.mask[r], -np.inf, e @ u[r])
+            hit = (old >= thr[:, None]).any(1) | (s[:, [i, j]] >= thr[:, None]).any(1)
+            hit[r] = True
+            rows = np.flatnonzero(hit)
+            new = self._ndcg(s[rows], rows)
+            before = total
+            total += new.sum() - ndcg[rows].sum()
+            ndcg[rows] = new
+            thr[rows] = self._threshold(s[rows])
+            out[t] = (total - before) / len(ndcg)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# TIP: generalise values to unseen triplets
+
+
+def triplet_features(users: torch.Tensor, items: torch.Tensor, centroid: torch.Tensor,
+                     u: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """[e_u*e_i + c_u*e_i, e_u*e_j + c_u*e_j]: u, i, j [...] ids -> [..., 2d]."""
+    eu, cu = users[u], centroid[u]
+    return torch.cat([(eu + cu) * items[i], (eu + cu) * items[j]], -1)
+
+
+class TIP(nn.Module):
+    """Triplet-importance predictor: MLP 2d -> hidden -> 1 (ReLU), trained on standardised values."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.register_buffer("mu", torch.zeros(()))
+        self.register_buffer("sd", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., 2d] -> predicted value [...] in the original units."""
+        return self.net(x).squeeze(-1) * self.sd + self.mu
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, epochs: int = 200, lr: float = 1e-2) -> float:
+        """Full-batch Adam on MSE of the standardised targets; returns the final train R^2."""
+        self.mu.fill_(float(y.mean()))
+        self.sd.fill_(float(y.std().clamp(min=1e-12)))
+        z = (y - self.mu) / self.sd
+        opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        for _ in range(epochs):
+            loss = ((self.net(x).squeeze(-1) - z) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(1 - ((self.net(x).squeeze(-1) - z) ** 2).mean() / z.var().clamp(min=1e-12))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling / weighting BPR triplets by predicted value
+
+
+@dataclass
+class ShapleySettings:
+    warmup_epochs: int = 20  # uniform BPR before the first valuation
+    refresh_epochs: int = 10  # epochs between valuations
+    rounds: int = 3  # valuations at most
+    players: int = 512  # triplets valued per round
+    permutations: int = 30  # Monte Carlo permutations per round
+    val_users: int = 300  # validation users of the utility
+    eta: float = 1.0  # lookahead step size
+    pool: int = 4  # uniform negatives TIP chooses from, per positive
+    uniform_mix: float = 0.5  # share of the uniform distribution in the resampling mixture
+    weighting: bool = False  # also weight each BPR term by its clipped, normalised value
+    eps: float = 1e-6
+
+
+class ShapleySampler:
+    """Draws one negative per positive; uniform until the first valuation, then by TIP."""
+
+    def __init__(self, settings: ShapleySettings, negatives, train_user: np.ndarray,
+                 train_item: np.ndarray, valid_targets: dict[int, np.ndarray],
+                 train_items: dict[int, np.ndarray], seed: int):
+        self.s = settings
+        self.neg = negatives  # napo.recsys.cf.UniformNegatives
+        self.train_user, self.train_item = train_user.copy(), train_item.copy()  # writable
+        self.rng = np.random.default_rng([seed, 11])
+        users = np.array(sorted(valid_targets))
+        self.val_users = np.sort(self.rng.choice(users, min(len(users), settings.val_users), replace=False))
+        self.val_targets = [valid_targets[u] for u in self.val_users]
+        self.val_exclude = [train_items.get(u, np.zeros(0, np.int64)) for u in self.val_users]
+        self.tip: TIP | None = None
+        self.rounds_done = 0
+        self.log: list[dict] = []
+        self._vectors = None
+
+    def due(self, epoch: int) -> bool:
+        """Valuation before `epoch` (1-based)?"""
+        s = self.s
+        since = epoch - 1 - s.warmup_epochs
+        return since >= 0 and since % s.refresh_epochs == 0 and self.rounds_done < s.rounds
+
+    def refresh(self, users: torch.Tensor, items: torch.Tensor, epoch: int) -> dict:
+        """Value `players` triplets of the game's users, fit TIP on the values."""
+        users, items = users.detach(), items.detach()
+        s = self.s
+        pair = np.flatnonzero(np.isin(self.train_user, self.val_users))
+        pick = self.rng.choice(pair, min(s.players, len(pair)), replace=False)
+        u = torch.from_numpy(self.train_user[pick])
+        j, ok = self.neg.sample(u, 1)
+        trip = np.stack([self.train_user[pick], self.train_item[pick], j[:, 0].numpy()], 1)[ok[:, 0].numpy()]
+        game = LookaheadGame(users, items, trip, self.val_users, self.val_targets, self.val_exclude, s.eta)
+        est = mc_shapley(game.marginals, len(trip), s.permutations, self.rng)
+        centroid = self._centroid(items, users.shape[0])
+        x = triplet_features(users, items, centroid, *(torch.from_numpy(trip[:, c]) for c in range(3)))
+        self.tip = TIP(users.shape[1])
+        r2 = self.tip.fit(x.float(), torch.from_numpy(est.cv).float())
+        self.rounds_done += 1
+        var_plain = est.marginals.var(0).mean() / s.permutations
+        resid = est.marginals - est.coef * (est.positions - (len(trip) - 1) / 2)
+        info = {"epoch": epoch, "players": int(len(trip)), "v_empty": game.empty_value,
+                "phi_mean": float(est.cv.mean()), "phi_positive": float((est.cv > 0).mean()),
+                "phi_nonzero": float((np.abs(est.plain) > 0).mean()),
+                "var_plain": float(var_plain), "var_cv": float(resid.var(0).mean() / s.permutations),
+                "tip_r2": r2}
+        self.log.append(info)
+        return info
+
+    def _centroid(self, items: torch.Tensor, num_users: int) -> torch.Tensor:
+        """c_u = mean item vector of u's training items: [U, d]."""
+        tot = torch.zeros(num_users, items.shape[1]).index_add_(
+            0, torch.from_numpy(self.train_user), items[torch.from_numpy(self.train_item)])
+        cnt = torch.bincount(torch.from_numpy(self.train_user), minlength=num_users).clamp(min=1)
+        return tot / cnt[:, None]
+
+    def set_vectors(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """The model's current vectors for TIP features (call once per epoch)."""
+        users, items = users.detach(), items.detach()
+        self._vectors = (users, items, self._centroid(items, users.shape[0]))
+
+    @torch.no_grad()
+    def sample(self, u: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """u [B], pos [B] -> (negatives [B, 1], mask [B, 1], weight [B] or None)."""
+        if self.tip is None:
+            neg, ok = self.neg.sample(u, 1)
+            return neg, ok, None
+        s = self.s
+        pool, ok = self.neg.sample(u, s.pool)  # [B, P]
+        users, items, centroid = self._vectors
+        x = triplet_features(users, items, centroid, u[:, None].expand_as(pool),
+                             pos[:, None].expand_as(pool), pool)  # [B, P, 2d]
+        phi = self.tip(x).clamp(min=0) + s.eps  # [B, P]
+        phi = phi * ok
+        p = s.uniform_mix * ok / ok.sum(1, keepdim=True).clamp(min=1) + \
+            (1 - s.uniform_mix) * phi / phi.sum(1, keepdim=True).clamp(min=1e-30)
+        choice = torch.multinomial(p + 1e-30 * ok, 1, generator=self.neg.gen)  # [B, 1]
+        neg, mask = pool.gather(1, choice), ok.gather(1, choice)
+        weight = None
+        if s.weighting:
+            w = phi.gather(1, choice)[:, 0]
+            weight = w / w.mean().clamp(min=1e-30)
+        return neg, mask, weight

@@ -1,0 +1,138 @@
+"""CF training entry points on a tiny clustered log: metrics, checkpoint round trip, CLI errors,
+the 20-candidate fold-in."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napo.eval.metrics import set_ranking_metrics
+from napo.recsys import cf_candidates, cf_train
+
+
+@pytest.fixture(scope="module")
+def cf_dir(tmp_path_factory):
+    """60 users in two taste groups (items 0-19 vs 20-39), 12 items each."""
+    from data_prep.__main__ import main
+
+    root = tmp_path_factory.mktemp("cf")
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(60):
+        group = np.arange(20) + 20 * (u % 2)
+        for j, it in enumerate(rng.choice(group, 12, replace=False)):
+            rows.append((u, int(it), 1000 + j))
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(root / "inter.csv", index=False)
+    pd.DataFrame({"item_id": range(40), "title": [f"I{i}" for i in range(40)]}).to_csv(root / "items.csv", index=False)
+    assert main(["--dataset", "interactions", "--interactions", str(root / "inter.csv"), "--items",
+                 str(root / "items.csv"), "--protocol", "cf", "--output-dir", str(root / "cf"), "--quiet"]) == 0
+    assert main(["--dataset", "interactions", "--interactions", str(root / "inter.csv"), "--items",
+                 str(root / "items.csv"), "--output-dir", str(root / "seq"), "--quiet",
+                 "--num-candidates", "10"]) == 0
+    return root
+
+
+def _run(module, cf_dir, out, *extra):
+    return module.main(["--dataset_dir", str(cf_dir), "--output_dir", str(out), "--quiet", "--threads", "1",
+                        *map(str, extra)])
+
+
+def test_mostpop_equals_independent_computation(cf_dir, tmp_path):
+    assert _run(cf_train, cf_dir / "cf", tmp_path, "--model", "MostPop") == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    data, _ = cf_train.load_data(cf_dir / "cf")
+    test, train, valid = data.by_user("test"), data.by_user("train"), data.by_user("valid")
+    users = sorted(test)
+    scores = np.tile(data.train_counts.astype(float), (len(users), 1))
+    ex = [np.concatenate([train[u], valid.get(u, [])]).astype(int) for u in users]
+    want = set_ranking_metrics(scores, [test[u] for u in users], ex, (20,))
+    assert m["recall@20"] == pytest.approx(want["recall@20"]) and m["ndcg@20"] == pytest.approx(want["ndcg@20"])
+    assert "pop/hr@20/head" in m and "valid/ndcg@20" in m
+
+
+@pytest.mark.parametrize("model,loss", [("MF", "ssm"), ("LightGCN", "bpr")])
+def test_training_learns_the_groups_and_checkpoint_round_trips(cf_dir, tmp_path, model, loss):
+    extra = ["--lr", "0.05" if loss == "ssm" else "0.02", "--num_negatives", "16" if loss == "ssm" else "1"]
+    assert _run(cf_train, cf_dir / "cf", tmp_path, "--model", model, "--loss", loss, "--max_epochs", "30",
+                "--eval_every", "5", "--batch_size", "64", "--dim", "8", *extra) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    pop = cf_train.evaluate(cf_train.popularity_scorer(cf_train.load_data(cf_dir / "cf")[0]),
+                            cf_train.load_data(cf_dir / "cf")[0], "test")
+    assert m["recall@10"] > pop["recall@10"] + 0.1  # the taste groups are learned
+    cfg = cf_train.CFConfig(**{k: v for k, v in json.loads((tmp_path / "checkpoint/config.json").read_text()).items()
+                               if k not in ("num_users", "num_items")})
+    data, _ = cf_train.load_data(cf_dir / "cf")
+    net = cf_train.build_model(cfg, data)
+    net.load_state_dict(load_file(str(tmp_path / "checkpoint/model.safetensors")))
+    again = cf_train.evaluate(cf_train.model_scorer(net, cfg), data, "test")
+    assert again["ndcg@20"] == pytest.approx(m["ndcg@20"], abs=1e-9)
+
+
+def test_shapley_sampler_runs_rounds_and_logs_values(cf_dir, tmp_path):
+    assert _run(cf_train, cf_dir / "cf", tmp_path, "--sampler", "shapley", "--lr", "0.02", "--max_epochs", "6",
+                "--eval_every", "3", "--batch_size", "64", "--dim", "8", "--shapley_warmup_epochs", "2",
+                "--shapley_refresh_epochs", "2", "--shapley_players", "40", "--shapley_permutations", "8",
+                "--shapley_val_users", "30", "--shapley_eta", "5") == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    rounds = [r["shapley"] for r in run["config"]["history"] if "shapley" in r]
+    assert [r["epoch"] for r in rounds] == [3, 5]
+    assert all(r["players"] > 30 and 0 <= r["phi_positive"] <= 1 for r in rounds)
+    assert all(r["var_cv"] <= r["var_plain"] for r in rounds)  # the fitted covariate never adds variance
+
+
+def test_unknown_config_key_is_one_line_error(cf_dir, tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: MF\ntemprature: 0.1\n")
+    with pytest.raises(SystemExit) as stop:
+        cf_train.main(["--config", str(cfg), "--dataset_dir", str(cf_dir / "cf"), "--output_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and str(cfg) in err and "temprature" in err and "\n" not in err
+    with pytest.raises(SystemExit) as stop:
+        _run(cf_train, cf_dir / "cf", tmp_path / "o", "--loss", "softmax")
+    assert stop.value.code == 2 and "loss" in capsys.readouterr().err
+
+
+def test_candidate_protocol_fold_in(cf_dir, tmp_path):
+    data, rows, _ = cf_candidates.load_candidate_splits(cf_dir / "seq")
+    # the graph holds exactly the train rows' users and items
+    tr = rows["train"]
+    assert data.train[0].max() + 1 == data.num_users
+    assert set(data.train[1].tolist()) == set(np.concatenate([*tr.history, tr.target]).tolist())
+    cfg = cf_train.CFConfig(model="MF", loss="ssm", dim=4)
+    net = cf_train.build_model(cfg, data)
+    scores = cf_candidates.candidate_scores(net, cfg, rows["test"])
+    _, items = cf_train.vectors(net, cfg)
+    h = torch.nn.functional.normalize(items[torch.from_numpy(rows["test"].history[0])].mean(0), dim=0)
+    want = (items[torch.from_numpy(rows["test"].candidates[0])] @ h).detach().numpy()
+    np.testing.assert_allclose(scores[0], want, rtol=1e-5, atol=1e-6)
+    assert _run(cf_candidates, cf_dir / "seq", tmp_path, "--model", "MF", "--loss", "ssm", "--lr", "0.05",
+                "--num_negatives", "16", "--max_epochs", "10", "--dim", "8", "--batch_size", "64") == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= m["hr@1"] <= m["hr@5"] <= m["hr@10"] == pytest.approx(1.0)  # 10 candidates
+    assert "valid/ndcg@10" in m and "pop/hr@10/head" in m
+
+
+def test_bpr_draws_one_negative_per_positive(cf_dir, monkeypatch):
+    from napo.recsys.cf import UniformNegatives
+
+    calls = []
+    real = UniformNegatives.sample
+
+    def spy(self, users, k):
+        calls.append((len(users), k))
+        return real(self, users, k)
+
+    def no_shared(*_):
+        raise AssertionError("BPR must not share one negative across the batch")
+
+    monkeypatch.setattr(UniformNegatives, "sample", spy)
+    monkeypatch.setattr(UniformNegatives, "sample_shared", no_shared)
+    data, _ = cf_train.load_data(cf_dir / "cf")
+    cfg = cf_train.CFConfig(model="MF", loss="bpr", max_epochs=1, batch_size=64, dim=4)
+    cf_train.fit(cf_train.build_model(cfg, data), cfg, data, progress=False)
+    assert calls and all(k == 1 for _, k in calls) and sum(b for b, _ in calls) == len(data.train[0])
