@@ -24,7 +24,7 @@ step "1/7 data_prep: MovieLens-100K, 20-candidate protocol, items as <item_ID> t
 
 step "2/7 auxiliary SASRec (NAPO's user vectors and negative scores; also a comparator)"
 "$PY" recipes/recsys.py --config recipes/configs/ml-100k/sasrec.yaml --dataset_dir "$D/data" \
-    --output_dir "$D/sasrec" --max_epochs 12 --seed "$DEMO_SEED"  # an epoch cap, not a clock: reproducible
+    --output_dir "$D/sasrec" --max_epochs 12 --max_minutes 0 --seed "$DEMO_SEED"  # an epoch cap, no clock: reproducible under load
 
 step "3/7 tiny Llama-architecture model + tokenizer trained on the prepared data"
 "$PY" -m napo.models.tiny --dataset-dir "$D/data" --output-dir "$D/tiny-model" --item-tokens \
