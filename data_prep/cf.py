@@ -30,12 +30,11 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import DataPrepError
-from data_prep.prepared import PreparedDataError, fingerprint
+from data_prep.prepared import SPLITS, PreparedDataError, fingerprint
 from data_prep.sources import SourceData, load_source
 
 FORMAT_VERSION = 1
 PROTOCOL = "cf"
-SPLITS = ("train", "valid", "test")
 RATIOS = (0.8, 0.1, 0.1)
 MIN_SPLIT_USER = 3  # fewer items: train-only
 # The arguments that change a CF directory; the sequential ones (history, candidates, templates)

@@ -57,12 +57,12 @@ class CandidateRows:
 
 def load_candidate_splits(path) -> tuple[CFData, dict[str, CandidateRows], dict]:
     """A sequential prepared dir -> (CF training data from the train rows, rows per split, meta)."""
-    from data_prep.prepared import load_prepared
+    from data_prep.prepared import SPLITS, load_prepared
 
     dd, items, meta = load_prepared(path)
     num_items = int(items["item_id"].max()) + 1
     rows = {}
-    for name in ("train", "valid", "test"):
+    for name in SPLITS:
         ds = dd[name].select_columns(["user_id", "history", "target", "candidates"]).to_dict()
         rows[name] = CandidateRows([np.asarray(h, np.int64) for h in ds["history"]],
                                    np.asarray(ds["target"], np.int64), np.asarray(ds["candidates"], np.int64))
