@@ -144,7 +144,7 @@ def plot(summary: dict, path: Path) -> None:
         right.bar([i + (j - 1) * width for i in range(len(names))], values, width, label=band)
     right.set_xticks(range(len(names)), names, rotation=40, ha="right")
     right.set_ylabel("test HR@10 per popularity band")
-    right.legend()
+    right.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
