@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import DataPrepError
-from data_prep.prepared import SPLITS, PreparedDataError, fingerprint
+from data_prep.prepared import SPLITS, PreparedDataError, fingerprint, read_meta
 from data_prep.sources import SourceData, load_source
 
 FORMAT_VERSION = 1
@@ -153,17 +153,11 @@ def load_cf(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
     """
     root = Path(path)
     hint = "run `python -m data_prep --dataset NAME --protocol cf --output-dir DIR` first"
-    meta_path = root / "meta.json"
-    if not meta_path.is_file():
-        raise PreparedDataError(f"{meta_path}: missing; {root} is not a prepared dataset ({hint})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PreparedDataError(f"{meta_path}: not valid JSON ({err}); prepare the data again") from None
+    meta = read_meta(root, hint)
     if meta.get("protocol") != PROTOCOL:
         raise PreparedDataError(f"{root}: a sequential (candidate-list) dataset, not the CF protocol; {hint}")
     if meta.get("format_version") != FORMAT_VERSION or fingerprint(meta) != meta.get("fingerprint"):
-        raise PreparedDataError(f"{meta_path}: fingerprint or format_version mismatch (edited?); prepare the data again")
+        raise PreparedDataError(f"{root}/meta.json: fingerprint or format_version mismatch (edited?); prepare the data again")
     splits = {}
     for name in SPLITS:
         f = root / f"{name}.csv"

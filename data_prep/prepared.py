@@ -50,6 +50,17 @@ def train_counts(items: pd.DataFrame) -> np.ndarray:
     return counts
 
 
+def read_meta(root: Path, hint: str) -> dict:
+    """DIR/meta.json as a dict; one-line PreparedDataError when it is missing or not JSON."""
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise PreparedDataError(f"{meta_path}: missing; {root} is not a prepared dataset ({hint})")
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PreparedDataError(f"{meta_path}: not valid JSON ({err}); prepare the data again") from None
+
+
 def load_prepared(path: str | Path, text: bool = True) -> tuple[datasets.DatasetDict, pd.DataFrame, dict]:
     """Load DIR written by `python -m data_prep`.
 
@@ -66,13 +77,8 @@ def load_prepared(path: str | Path, text: bool = True) -> tuple[datasets.Dataset
     hint = "run `python -m data_prep --dataset NAME --output-dir DIR` first"
     if not root.is_dir():
         raise PreparedDataError(f"{root}: not a directory; {hint}")
+    meta = read_meta(root, hint)
     meta_path = root / "meta.json"
-    if not meta_path.is_file():
-        raise PreparedDataError(f"{meta_path}: missing; {root} is not a prepared dataset ({hint})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PreparedDataError(f"{meta_path}: not valid JSON ({err}); prepare the data again") from None
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise PreparedDataError(f"{meta_path}: missing key '{missing[0]}'; prepare the data again")
