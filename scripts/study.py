@@ -6,7 +6,10 @@
 
 Every method starts from the same SFT model (`--sft`) and gets the same training budget (the
 `*-tiny.yaml` configs: steps, batch, learning rate chosen on valid with scripts/sweep.py); only
-the preference stage's seed changes (negative draws, LoRA init, data order). Each (method, seed)
+the preference stage's seed changes (negative draws, LoRA init, data order). With `--sft_seeds`
+(`--sft` then holds `{seed}`, e.g. runs/study/sft-{seed}) each seed also retrains SFT with
+`recipes/sft.py --config CONFIG_DIR/sft-tiny.yaml --seed S`, and seed S's preference runs start
+from SFT seed S: the spread then covers the whole pipeline. Each (method, seed)
 is trained with recipes/napo.py and evaluated with recipes/evaluate.py (rank mode) on the same
 seeded sample of TEST rows; a finished run is skipped when the study is started again. Writes
 OUT/study.md (mean +- standard error over seeds, popularity bands, training seconds), OUT/study.json
@@ -25,6 +28,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout: the napo package beside this script
+
+from napo.eval.report import plot_methods  # noqa: E402
+
 # method -> (config stem, overrides)
 METHODS = {
     "DPO": ("dpo", []),
@@ -47,9 +54,23 @@ def run(cmd: list[str], log: Path) -> None:
         sys.exit(f"error: {' '.join(cmd[:3])} ... failed (exit {proc.returncode}); see {log}")
 
 
-def evaluate(args, out: Path, adapter: str | None) -> dict:
+def sft_path(args, seed: int | None) -> str:
+    return args.sft.format(seed=seed) if args.sft_seeds else args.sft
+
+
+def train_sft(args, seed: int) -> str:
+    """SFT seed `seed` (trained once, skipped when its model is there)."""
+    path = Path(sft_path(args, seed))
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        run([sys.executable, str(REPO / "recipes/sft.py"), "--config", f"{args.config_dir}/sft-tiny.yaml",
+             "--dataset_dir", args.dataset_dir, "--model_name_or_path", args.model_name_or_path,
+             "--output_dir", str(path), "--seed", str(seed)], path.parent / f"{path.name}.log")
+    return str(path)
+
+
+def evaluate(args, out: Path, adapter: str | None, sft: str) -> dict:
     if not (out / "metrics.json").is_file():
-        cmd = [sys.executable, str(REPO / "recipes/evaluate.py"), "--model_name_or_path", args.sft,
+        cmd = [sys.executable, str(REPO / "recipes/evaluate.py"), "--model_name_or_path", sft,
                "--dataset_dir", args.dataset_dir, "--split", "test", "--mode", "rank",
                "--max_examples", str(args.eval_examples), "--sample_seed", "42", "--batch_size", "32",
                "--output_dir", str(out), "--no_progress"]
@@ -81,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--model_name_or_path", required=True, help="the base model the SFT stage started from")
-    p.add_argument("--sft", required=True, help="the SFT output every method starts from (and the SFT row)")
+    p.add_argument("--sft", required=True, help="the SFT output every method starts from (and the SFT row); "
+                   "with --sft_seeds a path holding {seed}, trained when missing")
+    p.add_argument("--sft_seeds", action="store_true", help="retrain SFT per seed (CONFIG_DIR/sft-tiny.yaml)")
     p.add_argument("--aux_dir", required=True, help="the auxiliary recommender's outputs (NAPO)")
     p.add_argument("--config_dir", default="recipes/configs/ml-100k", help="folder of {dpo,sdpo,napo}-tiny.yaml")
     p.add_argument("--output_dir", required=True)
@@ -89,8 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--eval_examples", type=int, default=1000, help="test rows (a seeded sample, the same for all)")
     args = p.parse_args(argv)
+    if args.sft_seeds and "{seed}" not in args.sft:
+        p.error("--sft_seeds: --sft must hold {seed}, e.g. runs/study/sft-{seed}")
     out = Path(args.output_dir)
-    results: dict[str, list[dict]] = {"SFT": [{**evaluate(args, out / "SFT" / "eval", None), "seconds": None}]}
+    if args.sft_seeds:
+        results: dict[str, list[dict]] = {"SFT": []}
+        for seed in args.seeds:
+            sft = train_sft(args, seed)
+            results["SFT"].append({**evaluate(args, out / "SFT" / f"eval-seed-{seed}", None, sft), "seed": seed,
+                                   "seconds": train_seconds(Path(sft))})
+    else:
+        results = {"SFT": [{**evaluate(args, out / "SFT" / "eval", None, args.sft), "seconds": None}]}
     for method in args.methods:
         stem, overrides = METHODS[method]
         for seed in args.seeds:
@@ -99,16 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             if not (run_dir / "adapter_model.safetensors").is_file():
                 cmd = [sys.executable, str(REPO / "recipes/napo.py"), "--config", f"{args.config_dir}/{stem}-tiny.yaml",
                        "--dataset_dir", args.dataset_dir, "--model_name_or_path", args.model_name_or_path,
-                       "--sft_adapter", args.sft, "--output_dir", str(run_dir), "--seed", str(seed), *overrides]
+                       "--sft_adapter", sft_path(args, seed), "--output_dir", str(run_dir), "--seed", str(seed), *overrides]
                 if stem == "napo":
                     cmd += ["--aux_dir", args.aux_dir]
                 run(cmd, run_dir.parent / f"{run_dir.name}.log")
-            metrics = evaluate(args, run_dir / "eval-test", str(run_dir))
+            metrics = evaluate(args, run_dir / "eval-test", str(run_dir), sft_path(args, seed))
             results.setdefault(method, []).append({**metrics, "seed": seed, "seconds": train_seconds(run_dir)})
             print(f"{method} seed {seed}: test hr@1 {metrics['hr@1']:.4f} ({time.time() - start:.0f} s)", flush=True)
 
-    lines = [f"Study on {args.dataset_dir}: {args.eval_examples} sampled test rows, preference seeds "
-             f"{args.seeds} from one SFT model; mean +- standard error over seeds.", "",
+    origin = "SFT retrained per seed" if args.sft_seeds else "one SFT model"
+    lines = [f"Study on {args.dataset_dir}: {args.eval_examples} sampled test rows, seeds "
+             f"{args.seeds} ({origin}); mean +- standard error over seeds.", "",
              "| method | seeds | " + " | ".join(KEYS) + " | train s |", "|---|---|" + "---|" * (len(KEYS) + 1)]
     summary = {}
     for method, runs in results.items():
@@ -121,32 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "study.md").write_text("\n".join(lines) + "\n")
     (out / "study.json").write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary}, indent=2) + "\n")
     print("\n".join(lines))
-    plot(summary, out / "study.png")
+    plot_methods(summary, out / "study.png")
     return 0
-
-
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(summary)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    means = [summary[n]["hr@1"][0] for n in names]
-    errors = [0 if math.isnan(summary[n]["hr@1"][1]) else summary[n]["hr@1"][1] for n in names]
-    left.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue")
-    left.set_xticks(range(len(names)), names, rotation=40, ha="right")
-    left.set_ylabel("test HR@1 (mean +- s.e. over seeds)")
-    width = 0.8 / 3
-    for j, band in enumerate(("head", "mid", "tail")):
-        values = [summary[n][f"pop/hr@10/{band}"][0] for n in names]
-        right.bar([i + (j - 1) * width for i in range(len(names))], values, width, label=band)
-    right.set_xticks(range(len(names)), names, rotation=40, ha="right")
-    right.set_ylabel("test HR@10 per popularity band")
-    right.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

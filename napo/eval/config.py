@@ -43,8 +43,8 @@ class EvalArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code (off by default)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     no_progress: bool = field(default=False, metadata={"help": "hide the progress bars"})
-    output: str | None = field(default=None, metadata={"help": "with compare: also write the table to this file"})
-    names: list[str] | None = field(default=None, metadata={"help": "with compare: one row name per run"})
+    output: str | None = field(default=None, metadata={"help": "with compare: also write the table to this file and the figure beside it (.png)"})
+    names: list[str] | None = field(default=None, metadata={"help": "with compare: one row name per run; runs sharing a name are seeds of one method in the figure"})
 
     def __post_init__(self):
         chosen = [n for n in ("model_name_or_path", "popularity", "scores_from_aux", "compare") if getattr(self, n)]

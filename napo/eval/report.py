@@ -291,3 +291,59 @@ def compare(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None =
                "gen HR@1 = hits / all (S-DPO, NAPO), (valid) = hits / valid answers (LLaRA).")
     table = markdown_table([header[j] for j in keep], [[r[j] for j in keep] for r in rows])
     return caption + "\n\n" + table
+
+
+FIGURE_KEYS = ("hr@1", *(f"pop/hr@10/{band}" for band in BAND_NAMES))
+
+
+def summarize_runs(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> dict:
+    """Rank metrics per method: runs sharing a name are seeds of one method.
+
+    Returns {name: {key: (mean, standard error, number of runs)}} for FIGURE_KEYS, in first-seen
+    order; the standard error is NaN for a single run, a missing value is left out of the mean.
+    """
+    runs = [load_metrics(d) for d in run_dirs]
+    if names is not None and len(names) != len(runs):
+        raise EvalOutputError(f"{len(names)} names for {len(runs)} runs; give one name per run")
+    groups: dict[str, list[dict]] = {}
+    for i, run in enumerate(runs):
+        name = names[i] if names is not None else run.get("name") or Path(run_dirs[i]).name
+        groups.setdefault(name, []).append(run.get("rank") or {})
+    summary = {}
+    for name, sections in groups.items():
+        summary[name] = {}
+        for key in FIGURE_KEYS:
+            values = [s[key] for s in sections if s.get(key) is not None]
+            mean = float(np.mean(values)) if values else math.nan
+            se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+            summary[name][key] = (mean, se, len(values))
+    return summary
+
+
+def plot_methods(summary: dict, path: str | os.PathLike) -> Path:
+    """One figure, methods side by side: HR@1 (error bars = s.e. over seeds), HR@10 per band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    x = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(names) + 4), 4))
+    means = [summary[n]["hr@1"][0] for n in names]
+    errors = [0.0 if math.isnan(summary[n]["hr@1"][1]) else summary[n]["hr@1"][1] for n in names]
+    left.bar(x, means, yerr=errors, capsize=4, color="tab:blue")
+    left.set_xticks(x, names, rotation=40, ha="right")
+    left.set_ylabel("HR@1 (mean +- s.e. over seeds)")
+    width = 0.8 / len(BAND_NAMES)
+    for j, band in enumerate(BAND_NAMES):
+        values = [summary[n][f"pop/hr@10/{band}"][0] for n in names]
+        right.bar(x + (j - (len(BAND_NAMES) - 1) / 2) * width, values, width, label=band)
+    right.set_xticks(x, names, rotation=40, ha="right")
+    right.set_ylabel("HR@10 per popularity band of the target")
+    right.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

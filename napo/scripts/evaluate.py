@@ -12,7 +12,8 @@ accelerate launch --num_processes 2 recipes/evaluate.py ...same arguments...
 napo-eval --popularity --dataset_dir D --output_dir runs/eval/popularity
 napo-eval --scores_from_aux runs/sasrec/aux --dataset_dir D --output_dir runs/eval/sasrec
 
-# one markdown table comparing runs
+# one markdown table comparing runs, and table.png: the methods side by side (HR@1, HR@10 per
+# popularity band); runs given the same --names are seeds of one method (mean +- s.e.)
 napo-eval --compare runs/eval/popularity runs/eval/sasrec runs/eval/sft --output table.md
 ```
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from data_prep.errors import UserError
 from napo.cards import add_evaluation
 from napo.eval.config import EvalArguments
-from napo.eval.report import compare
+from napo.eval.report import compare, plot_methods, summarize_runs
 from napo.eval.runner import evaluate, load_split, process_state
 from napo.eval.scorers import aux_scorer, popularity_scorer
 from napo.scripts.parser import ScriptParser, fail
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
             if args.output:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.output).write_text(table + "\n")
+                # Runs that share a name (--names) are seeds of one method: mean +- s.e. in the figure.
+                figure = plot_methods(summarize_runs(args.compare, args.names), Path(args.output).with_suffix(".png"))
+                print(f"figure: {figure}")
             return 0
         # Data first: a wrong directory or split fails in a second, before a large model loads.
         rows, items, meta = load_split(args.dataset_dir, args.split, args.max_examples, args.sample_seed)

@@ -189,3 +189,25 @@ def test_injected_classic_scorers_and_compare(tmp_path):
     assert stub["generate"]["hr@1"] == pytest.approx(1 / 3)
     with pytest.raises(EvalOutputError, match="no metrics.json"):
         compare([tmp_path / "missing"])
+
+
+def test_compare_figure_groups_seeds_by_name(tmp_path):
+    from napo.eval.report import plot_methods, summarize_runs, write_metrics
+
+    hr1 = {"a1": 0.5, "a2": 0.7, "a3": 0.6, "b1": 0.4}
+    for run, value in hr1.items():
+        (tmp_path / run).mkdir()
+        write_metrics(tmp_path / run, {"name": run, "rank": {"hr@1": value, "pop/hr@10/head": 0.9,
+                                                             "pop/hr@10/mid": None, "pop/hr@10/tail": value / 2}})
+    dirs = [tmp_path / r for r in hr1]
+    summary = summarize_runs(dirs, names=["A", "A", "A", "B"])
+    assert list(summary) == ["A", "B"]
+    mean, se, n = summary["A"]["hr@1"]
+    # three seeds 0.5, 0.7, 0.6: mean 0.6, sample std 0.1, s.e. 0.1 / sqrt(3)
+    assert (mean, n) == (pytest.approx(0.6), 3) and se == pytest.approx(0.1 / 3 ** 0.5)
+    assert summary["A"]["pop/hr@10/tail"][0] == pytest.approx(0.3)
+    assert math.isnan(summary["A"]["pop/hr@10/mid"][0]) and summary["A"]["pop/hr@10/mid"][2] == 0
+    assert summary["B"]["hr@1"][0] == pytest.approx(0.4) and math.isnan(summary["B"]["hr@1"][1])
+    assert plot_methods(summary, tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(EvalOutputError, match="2 names for 4 runs"):
+        summarize_runs(dirs, names=["A", "B"])
