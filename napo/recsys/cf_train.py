@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from data_prep.errors import UserError
 from napo.eval.metrics import popularity_report, set_metrics_per_user
@@ -39,6 +37,7 @@ from napo.recsys.cf import (
     build_backbone,
     cf_loss,
 )
+from napo.recsys.loop import FitResult, run_epochs
 from napo.recsys.shapley import ShapleySampler, ShapleySettings
 
 KS = (10, 20, 50)
@@ -199,18 +198,10 @@ def popularity_scorer(data: CFData):
 # training
 
 
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_valid: float
-    epochs_run: int
-    wall_s: float
-    history: list[dict]
-
-
 def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None) -> FitResult:
-    """Adam over shuffled training pairs; validation every `eval_every` epochs (default: valid
-    `select_metric` of the CF protocol; pass `validate(model) -> float` to override)."""
+    """Adam over shuffled training pairs in the shared loop (napo.recsys.loop); validation every
+    `eval_every` epochs (default: valid `select_metric` of the CF protocol; pass
+    `validate(model) -> float` to override)."""
     start = time.time()
     validate = validate or (lambda m: evaluate(model_scorer(m, cfg), data, "valid", KS)[cfg.select_metric])
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -222,12 +213,9 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
                                  data.by_user("train"), cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     users_all, items_all = torch.from_numpy(t_user.copy()), torch.from_numpy(t_item.copy())
-    best, best_epoch, best_state, bad, history = -math.inf, 0, None, 0, []
-    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{cfg.model}-{cfg.loss}", disable=not progress)
-    epoch = 0
-    for epoch in bar:
-        record: dict = {"epoch": epoch}
+
+    def train_epoch(epoch: int, deadline: float) -> dict:
+        record: dict = {}
         if shapley is not None:
             with torch.no_grad():
                 u_vec, i_vec = model()
@@ -239,50 +227,43 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
         total, steps = 0.0, 0
         for b in range(0, len(perm), cfg.batch_size):
             idx = perm[b: b + cfg.batch_size]
-            u, i = users_all[idx], items_all[idx]
-            weight = None
-            if shapley is not None:
-                j, mask, weight = shapley.sample(u, i)
-            elif cfg.shared_negatives and cfg.loss != "bpr":
-                j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
-            else:
-                j, mask = negatives.sample(u, cfg.num_negatives)  # [B, K]
-            users, items = vectors(model, cfg)
-            eu = users[u]  # [B, d]
-            pos = (eu * items[i]).sum(-1)  # [B]
-            if j.dim() == 1:
-                neg = eu @ items[j].T  # [B, K]
-                j = j[None]  # [1, K] for the L2 term
-            else:
-                neg = torch.einsum("bd,bkd->bk", eu, items[j])  # [B, K]
-            loss = cf_loss(cfg.loss, pos, neg, tau=cfg.tau, tau2=cfg.tau2, activation=cfg.activation,
-                           include_positive=cfg.include_positive, neg_mask=mask, weight=weight)
-            if cfg.l2:
-                loss = loss + cfg.l2 * (model.user[u].pow(2).sum() + model.item[i].pow(2).sum()) / len(u) \
-                    + cfg.l2 * model.item[j].pow(2).sum() / j.numel()
+            loss = _batch_loss(model, cfg, users_all[idx], items_all[idx], negatives, shapley)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, steps = total + loss.item(), steps + 1
         record["loss"] = total / max(steps, 1)
-        out_of_time = time.time() > deadline
-        if epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.max_epochs:
-            model.eval()
-            score = validate(model)
-            record["valid"] = score
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{best:.4f}@{best_epoch}")
-        if bad >= cfg.patience or out_of_time:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return FitResult(best_epoch, best, epoch, time.time() - start, history)
+        return record  # the whole epoch runs: the clock is checked between epochs
+
+    return run_epochs(model, train_epoch, validate, max_epochs=cfg.max_epochs, eval_every=cfg.eval_every,
+                      patience=cfg.patience, max_minutes=cfg.max_minutes, desc=f"{cfg.model}-{cfg.loss}",
+                      progress=progress, start=start)
+
+
+def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negatives: UniformNegatives,
+                shapley: ShapleySampler | None) -> torch.Tensor:
+    """The loss of one batch of (user u [B], positive item i [B]) pairs, negatives drawn here."""
+    weight = None
+    if shapley is not None:
+        j, mask, weight = shapley.sample(u, i)
+    elif cfg.shared_negatives and cfg.loss != "bpr":
+        j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
+    else:
+        j, mask = negatives.sample(u, cfg.num_negatives)  # [B, K]
+    users, items = vectors(model, cfg)
+    eu = users[u]  # [B, d]
+    pos = (eu * items[i]).sum(-1)  # [B]
+    if j.dim() == 1:
+        neg = eu @ items[j].T  # [B, K]
+        j = j[None]  # [1, K] for the L2 term
+    else:
+        neg = torch.einsum("bd,bkd->bk", eu, items[j])  # [B, K]
+    loss = cf_loss(cfg.loss, pos, neg, tau=cfg.tau, tau2=cfg.tau2, activation=cfg.activation,
+                   include_positive=cfg.include_positive, neg_mask=mask, weight=weight)
+    if cfg.l2:
+        loss = loss + cfg.l2 * (model.user[u].pow(2).sum() + model.item[i].pow(2).sum()) / len(u) \
+            + cfg.l2 * model.item[j].pow(2).sum() / j.numel()
+    return loss
 
 
 def build_model(cfg: CFConfig, data: CFData):
