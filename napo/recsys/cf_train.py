@@ -1,21 +1,22 @@
-"""Train and evaluate a CF comparator (MostPop, MF, LightGCN; BPR, SSM, BSL, PSL; Triplet-Shapley
-resampling) on a CF-protocol directory (`python -m data_prep ... --protocol cf`).
+"""CF comparators (MostPop, MF, LightGCN; BPR, SSM, BSL, PSL; Triplet-Shapley resampling) on a
+CF-protocol directory (`python -m data_prep ... --protocol cf`): config, data, scoring, training.
 
-    python -m napo.recsys.cf_train --config recipes/configs/ml-100k/mf-bpr.yaml \
+    napo-recsys --config recipes/configs/ml-100k/mf-bpr.yaml \
         --dataset_dir runs/data/ml-100k-cf --output_dir runs/cf/mf-bpr [--seed 1] [--tau 0.1]
 
+(`python recipes/recsys.py` is the same; `python -m napo.recsys.cf_train` is an alias of it.)
 Every CFConfig field can be set in the YAML file and overridden on the command line. Protocol:
 full ranking over all items; the user's training items are excluded (at test also the
 validation items); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
 users with at least one held-out item. Model selection: valid ndcg@20 every `eval_every` epochs,
-stop after `patience` evaluations without improvement; the best state is restored. Writes
+stop after `patience` evaluations without improvement; the best state is restored (the shared
+loop, napo.recsys.loop). The recipe writes
 OUT/metrics.json (recall@k, ndcg@k, pop/... on test; valid/...; train/...), OUT/checkpoint/
 (model.safetensors + config.json) and OUT/run.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from data_prep.errors import UserError
 from napo.eval.metrics import popularity_report, set_metrics_per_user
 from napo.recsys.cf import (
     LOSSES,
@@ -42,6 +42,7 @@ from napo.recsys.shapley import ShapleySampler, ShapleySettings
 
 KS = (10, 20, 50)
 SAMPLERS = ("uniform", "shapley")
+CF_MODELS = ("MostPop", *MODELS)  # the recsys recipe runs these with CFConfig
 
 
 @dataclass
@@ -86,7 +87,7 @@ class CFConfig:
     shapley_weighting: bool = field(default=False, metadata={"help": "also weight BPR terms by clipped, normalised values"})
 
     def __post_init__(self):
-        choices = {"model": ("MostPop", *MODELS), "loss": LOSSES, "activation": PSL_ACTIVATIONS,
+        choices = {"model": CF_MODELS, "loss": LOSSES, "activation": PSL_ACTIVATIONS,
                    "sampler": SAMPLERS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -276,29 +277,6 @@ def build_model(cfg: CFConfig, data: CFData):
 # command line
 
 
-@dataclass
-class CFRunArguments:
-    """Where a CF run reads and writes (the script's arguments beside CFConfig)."""
-
-    dataset_dir: str | None = field(default=None, metadata={"help": "prepared directory (data_prep --protocol cf)"})
-    output_dir: str | None = field(default=None, metadata={"help": "where metrics.json, checkpoint/ and run.json go"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
-
-    def __post_init__(self):
-        for name in ("dataset_dir", "output_dir"):
-            if not getattr(self, name):
-                raise UserError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
-
-
-def parse_args(argv: list[str] | None, config_cls=CFConfig) -> tuple[CFRunArguments, dict]:
-    """The one argument style (napo.scripts.parser): --config FILE (YAML) + command-line overrides;
-    unknown keys, bad values and failed checks exit 2 with one line naming the file and line."""
-    from napo.scripts.parser import ScriptParser
-
-    run_args, cfg = ScriptParser((CFRunArguments, config_cls)).parse(argv)
-    return run_args, asdict(cfg)
-
-
 def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -307,47 +285,10 @@ def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.prepared import PreparedDataError
-    from napo.utils import set_seed, write_run_info
+    """Alias of the recsys recipe (napo.scripts.recsys) with a CF model (default MF)."""
+    from napo.scripts.recsys import main as recsys_main
 
-    args, values = parse_args(argv)
-    try:
-        cfg = CFConfig(**values)
-    except (TypeError, ValueError) as err:
-        print(f"error: config: {err}", file=sys.stderr)
-        return 2
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed)
-    try:
-        data, meta = load_data(args.dataset_dir)
-    except PreparedDataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.model == "MostPop":
-        t0 = time.time()
-        scorer, result = popularity_scorer(data), FitResult(0, float("nan"), 0, 0.0, [])
-        metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
-        result.wall_s = time.time() - t0
-    else:
-        model = build_model(cfg, data)
-        result = fit(model, cfg, data, progress=not args.quiet)
-        save_checkpoint(model, cfg, out / "checkpoint", num_users=data.num_users, num_items=data.num_items)
-        scorer = model_scorer(model, cfg)
-        metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
-    metrics.update(evaluate(scorer, data, "test", pop=True))
-    metrics.update({"train/best_epoch": result.best_epoch, "train/epochs": result.epochs_run,
-                    "train/fit_seconds": round(result.wall_s, 1)})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": result.history}, cfg.seed)
-    shown = {k: round(metrics[k], 4) for k in ("recall@20", "ndcg@20", "train/fit_seconds")}
-    name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
-    print(f"{name}{'-shapley' if cfg.sampler == 'shapley' else ''} test "
-          f"{json.dumps(shown)} -> {out / 'metrics.json'}")
-    return 0
+    return recsys_main(argv, default_model="MF")
 
 
 if __name__ == "__main__":

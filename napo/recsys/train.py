@@ -49,7 +49,7 @@ class RecConfigError(UserError):
 class RecConfig:
     """Every hyperparameter of an id-based recommender run (YAML keys = field names)."""
 
-    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff"})
+    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff (MF, LightGCN, MostPop: the CF comparators, with the CF settings below)"})
     hidden: int = field(default=64, metadata={"help": "embedding / hidden size d"})
     num_blocks: int = field(default=2, metadata={"help": "transformer blocks (SASRec) or GRU layers"})
     num_heads: int = field(default=1, metadata={"help": "attention heads (SASRec)"})
@@ -124,6 +124,11 @@ class RecRunArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "resume from a checkpoint "
                                                "directory, or true = the newest under OUT/checkpoints"})
     nonfinite: str = field(default="stop", metadata={"help": "on a NaN/inf loss or gradient: stop (one line) or skip the batch"})
+    test_max_examples: int | None = field(default=None, metadata={"help": "test metrics on N rows only (aux/ keeps "
+                                          "every row): the first N, or with test_sample_seed the rows napo-eval "
+                                          "--max_examples N --sample_seed S evaluates (candidate-list data only)"})
+    test_sample_seed: int | None = field(default=None, metadata={"help": "with test_max_examples: a seeded uniform "
+                                         "sample of test rows (napo.eval.runner.sample_rows)"})
 
     def __post_init__(self):
         try:
@@ -133,6 +138,8 @@ class RecRunArguments:
         for name in ("dataset_dir", "output_dir"):
             if not getattr(self, name):
                 raise RecConfigError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
+        if self.test_max_examples is not None and self.test_max_examples < 1:
+            raise RecConfigError(f"test_max_examples must be >= 1, got {self.test_max_examples}")
 
 
 def make_model(cfg: RecConfig, num_items: int, train_counts=None) -> SeqRecommender:
@@ -155,6 +162,13 @@ class SplitOutputs:
     candidate_scores: np.ndarray | None  # float32 [N, C]
     full_ranks: np.ndarray  # int64 [N], pessimistic rank of the target in the catalogue
     top_items: np.ndarray  # int64 [N, R], best first over the catalogue
+
+    def take(self, keep) -> SplitOutputs:
+        """The rows at positions `keep`, in that order (see SeqSplit.take)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return SplitOutputs(self.user_vectors[keep],
+                            None if self.candidate_scores is None else self.candidate_scores[keep],
+                            self.full_ranks[keep], self.top_items[keep])
 
 
 @torch.no_grad()
