@@ -1,6 +1,8 @@
-"""Id-based recommenders (Pop, SASRec, GRU4Rec, Caser): the launcher of `napo.scripts.recsys` (= `napo-recsys`).
+"""Recommenders without an LLM (Pop, SASRec, GRU4Rec, Caser, DreamRec, PreferDiff; MF, LightGCN,
+MostPop): the launcher of `napo.scripts.recsys` (= `napo-recsys`).
 
     python recipes/recsys.py --config recipes/configs/lastfm/sasrec.yaml --dataset_dir D --output_dir O
+    python recipes/recsys.py --config recipes/configs/ml-100k/mf-ssm.yaml --dataset_dir D --output_dir O
 """
 
 import sys

@@ -158,6 +158,24 @@ def evaluate_rows(
     return metrics
 
 
+def sample_rows(num_rows: int, max_examples: int | None = None, sample_seed: int | None = None) -> list[int]:
+    """Positions of the rows an evaluation keeps out of a split of `num_rows`, in split order.
+
+    All rows without `max_examples`; the first `max_examples`, or with `sample_seed` a seeded
+    uniform sample of that many. Every evaluation that compares methods "on the same rows"
+    (napo-eval --max_examples N --sample_seed S, napo-recsys --test_max_examples N
+    --test_sample_seed S) takes its rows from here.
+    """
+    if max_examples is None:
+        return list(range(num_rows))
+    if max_examples < 1:
+        raise EvalError(f"max_examples must be >= 1, got {max_examples}")
+    if sample_seed is not None and max_examples < num_rows:
+        rng = np.random.default_rng(sample_seed)
+        return np.sort(rng.choice(num_rows, size=max_examples, replace=False)).tolist()
+    return list(range(min(max_examples, num_rows)))
+
+
 def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | None = None,
                sample_seed: int | None = None):
     """(rows, items, meta) of one split of a prepared dataset, cut to max_examples rows.
@@ -176,17 +194,9 @@ def load_split(dataset_dir: str | os.PathLike, split: str, max_examples: int | N
     missing = [c for c in _COLUMNS if c not in rows.column_names]
     if missing:
         raise EvalError(f"{dataset_dir}/{split}: missing column(s) {', '.join(missing)}; re-run data_prep")
+    keep = sample_rows(len(rows), max_examples, sample_seed)
     if max_examples is not None:
-        if max_examples < 1:
-            raise EvalError(f"max_examples must be >= 1, got {max_examples}")
-        if sample_seed is not None and max_examples < len(rows):
-            rng = np.random.default_rng(sample_seed)
-            keep = np.sort(rng.choice(len(rows), size=max_examples, replace=False)).tolist()
-        else:
-            keep = list(range(min(max_examples, len(rows))))
         rows = rows.select(keep)
-    else:
-        keep = list(range(len(rows)))
     if "row_index" not in rows.column_names:
         rows = rows.add_column("row_index", keep)
     return rows, items, meta

@@ -1,7 +1,11 @@
 """CF comparators on the 20-candidate protocol of the LLM recipes (a sequential prepared dir).
 
-    python -m napo.recsys.cf_candidates --config recipes/configs/ml-100k/cf-candidates-mf-ssm.yaml \
-        --dataset_dir runs/data/ml-100k --output_dir runs/cf-cand/mf-ssm
+    napo-recsys --config recipes/configs/ml-100k/mf-ssm.yaml \
+        --dataset_dir runs/data/ml-100k --output_dir runs/cf-cand/mf-ssm \
+        [--test_max_examples 1000 --test_sample_seed 42]
+
+(the recsys recipe runs this protocol when a CF model meets a sequential directory;
+`python -m napo.recsys.cf_candidates` is an alias of it.)
 
 Graph: the train rows only. A train row's user owns its history items and its target; the
 (user, item) set of every train user is the MF / LightGCN training data (valid and test users
@@ -12,32 +16,22 @@ where v are the backbone's output item vectors (LightGCN: after propagation; cos
 vectors, and the candidates are scored by the cosine of h and v_c). This is one LightGCN layer
 applied to a new user node, so it needs no per-user parameters; for MF it scores a candidate by
 its mean similarity to the history items (an item-based reading of MF's item space).
-Model selection: valid ndcg@10 of the candidate protocol. Metrics: napo.eval.metrics
-(ranking_metrics, pessimistic ties; popularity_report) under the same keys as napo-recsys.
+Model selection: valid ndcg@10 of the candidate protocol. Test metrics: napo.eval.results.rank_results,
+the code napo-eval scores candidates with, on the rows napo.eval.runner.sample_rows keeps (all, or
+the seeded sample of napo-eval --max_examples N --sample_seed S), under the same keys as napo-recsys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napo.eval.metrics import popularity_report, ranked_candidates, ranking_metrics
-from napo.recsys.cf_train import (
-    CFConfig,
-    CFData,
-    build_model,
-    fit,
-    parse_args,
-    save_checkpoint,
-    vectors,
-)
+from napo.eval.metrics import ranking_metrics
+from napo.eval.results import POP_KS, rank_results
+from napo.recsys.cf_train import CFConfig, CFData, vectors
 
 KS = (1, 5, 10, 20)
 
@@ -53,6 +47,14 @@ class CandidateRows:
     @property
     def target_index(self) -> np.ndarray:
         return (self.candidates == self.target[:, None]).argmax(1)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def take(self, keep) -> CandidateRows:
+        """The rows at positions `keep` (e.g. napo.eval.runner.sample_rows), in that order."""
+        keep = np.asarray(keep, np.int64)
+        return CandidateRows([self.history[i] for i in keep], self.target[keep], self.candidates[keep])
 
 
 def load_candidate_splits(path) -> tuple[CFData, dict[str, CandidateRows], dict]:
@@ -81,8 +83,9 @@ def load_candidate_splits(path) -> tuple[CFData, dict[str, CandidateRows], dict]
 
 
 @torch.no_grad()
-def candidate_scores(model, cfg: CFConfig, rows: CandidateRows) -> np.ndarray:
-    """Fold-in user vectors (mean of history item vectors) scored against the candidates: [N, C]."""
+def fold_in(model, cfg: CFConfig, rows: CandidateRows) -> tuple[torch.Tensor, np.ndarray]:
+    """Fold-in user vectors h [N, d] (mean of history item vectors; unit length for cosine
+    losses) and their candidate scores [N, C] (float64)."""
     _, items = vectors(model, cfg)  # [I, d]
     lengths = torch.tensor([len(h) for h in rows.history])
     flat = torch.from_numpy(np.concatenate(rows.history)) if len(rows.history) else torch.zeros(0, dtype=torch.long)
@@ -92,67 +95,28 @@ def candidate_scores(model, cfg: CFConfig, rows: CandidateRows) -> np.ndarray:
     if cfg.cosine:
         h = F.normalize(h, dim=-1)
     cand = torch.from_numpy(rows.candidates)  # [N, C]
-    return torch.einsum("nd,ncd->nc", h, items[cand]).double().numpy()
+    return h, torch.einsum("nd,ncd->nc", h, items[cand]).double().numpy()
+
+
+def candidate_scores(model, cfg: CFConfig, rows: CandidateRows) -> np.ndarray:
+    """Fold-in candidate scores [N, C] (see fold_in)."""
+    return fold_in(model, cfg, rows)[1]
 
 
 def row_metrics(scores: np.ndarray, rows: CandidateRows, train_counts=None) -> dict:
-    out = ranking_metrics(scores, rows.target_index, KS)
-    if train_counts is not None:
-        ranked = ranked_candidates(scores, rows.candidates, rows.target_index)
-        out.update(popularity_report(ranked, rows.target, train_counts, (1, 10)))
-    return out
+    """hr@k, ndcg@k, mrr; with train_counts also the popularity report (pop/...), through
+    rank_results, the function napo-eval measures every candidate scorer with."""
+    if train_counts is None:
+        return ranking_metrics(scores, rows.target_index, KS)
+    return rank_results(scores, rows.candidates, rows.target_index, rows.target, train_counts, KS, POP_KS)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.prepared import PreparedDataError
-    from napo.utils import set_seed, write_run_info
+    """Alias of the recsys recipe (napo.scripts.recsys) with a CF model (default MF)."""
+    from napo.scripts.recsys import main as recsys_main
 
-    args, values = parse_args(argv)
-    try:
-        cfg = CFConfig(**values)
-    except (TypeError, ValueError) as err:
-        print(f"error: config: {err}", file=sys.stderr)
-        return 2
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.sampler == "shapley":
-        print("error: config: sampler shapley needs the CF protocol's validation items; use uniform here",
-              file=sys.stderr)
-        return 2
-    set_seed(cfg.seed)
-    try:
-        data, rows, meta = load_candidate_splits(args.dataset_dir)
-    except PreparedDataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    if cfg.model == "MostPop":  # candidates ranked by training count
-        def score(split):
-            return data.train_counts[rows[split].candidates].astype(np.float64)
-        history = []
-    else:
-        model = build_model(cfg, data)
-        result = fit(model, cfg, data, progress=not args.quiet,
-                     validate=lambda m: row_metrics(candidate_scores(m, cfg, rows["valid"]), rows["valid"])["ndcg@10"])
-        save_checkpoint(model, cfg, out / "checkpoint", num_users=data.num_users, num_items=data.num_items)
-        history = result.history
-
-        def score(split):
-            return candidate_scores(model, cfg, rows[split])
-    fit_s = time.time() - start
-    metrics = {f"valid/{k}": v for k, v in row_metrics(score("valid"), rows["valid"]).items()}
-    metrics.update(row_metrics(score("test"), rows["test"], data.train_counts))
-    metrics["train/fit_seconds"] = round(fit_s, 1)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": history,
-                         "protocol": "20-candidate, fold-in = mean of history item vectors"}, cfg.seed)
-    shown = {k: round(metrics[k], 4) for k in ("hr@1", "hr@5", "ndcg@10", "mrr")}
-    print(f"{cfg.model}-{cfg.loss} candidates test {json.dumps(shown)} -> {out / 'metrics.json'}")
-    return 0
+    return recsys_main(argv, default_model="MF")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

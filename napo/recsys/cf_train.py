@@ -1,23 +1,23 @@
-"""Train and evaluate a CF comparator (MostPop, MF, LightGCN; BPR, SSM, BSL, PSL; Triplet-Shapley
-resampling) on a CF-protocol directory (`python -m data_prep ... --protocol cf`).
+"""CF comparators (MostPop, MF, LightGCN; BPR, SSM, BSL, PSL; Triplet-Shapley resampling) on a
+CF-protocol directory (`python -m data_prep ... --protocol cf`): config, data, scoring, training.
 
-    python -m napo.recsys.cf_train --config recipes/configs/ml-100k/mf-bpr.yaml \
+    napo-recsys --config recipes/configs/ml-100k/mf-bpr.yaml \
         --dataset_dir runs/data/ml-100k-cf --output_dir runs/cf/mf-bpr [--seed 1] [--tau 0.1]
 
+(`python recipes/recsys.py` is the same; `python -m napo.recsys.cf_train` is an alias of it.)
 Every CFConfig field can be set in the YAML file and overridden on the command line. Protocol:
 full ranking over all items; the user's training items are excluded (at test also the
 validation items); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
 users with at least one held-out item. Model selection: valid ndcg@20 every `eval_every` epochs,
-stop after `patience` evaluations without improvement; the best state is restored. Writes
+stop after `patience` evaluations without improvement; the best state is restored (the shared
+loop, napo.recsys.loop). The recipe writes
 OUT/metrics.json (recall@k, ndcg@k, pop/... on test; valid/...; train/...), OUT/checkpoint/
 (model.safetensors + config.json) and OUT/run.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from data_prep.errors import UserError
 from napo.eval.metrics import popularity_report, set_metrics_per_user
 from napo.recsys.cf import (
     LOSSES,
@@ -39,10 +37,12 @@ from napo.recsys.cf import (
     build_backbone,
     cf_loss,
 )
+from napo.recsys.loop import FitResult, run_epochs
 from napo.recsys.shapley import ShapleySampler, ShapleySettings
 
 KS = (10, 20, 50)
 SAMPLERS = ("uniform", "shapley")
+CF_MODELS = ("MostPop", *MODELS)  # the recsys recipe runs these with CFConfig
 
 
 @dataclass
@@ -87,7 +87,7 @@ class CFConfig:
     shapley_weighting: bool = field(default=False, metadata={"help": "also weight BPR terms by clipped, normalised values"})
 
     def __post_init__(self):
-        choices = {"model": ("MostPop", *MODELS), "loss": LOSSES, "activation": PSL_ACTIVATIONS,
+        choices = {"model": CF_MODELS, "loss": LOSSES, "activation": PSL_ACTIVATIONS,
                    "sampler": SAMPLERS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -199,18 +199,10 @@ def popularity_scorer(data: CFData):
 # training
 
 
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_valid: float
-    epochs_run: int
-    wall_s: float
-    history: list[dict]
-
-
 def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None) -> FitResult:
-    """Adam over shuffled training pairs; validation every `eval_every` epochs (default: valid
-    `select_metric` of the CF protocol; pass `validate(model) -> float` to override)."""
+    """Adam over shuffled training pairs in the shared loop (napo.recsys.loop); validation every
+    `eval_every` epochs (default: valid `select_metric` of the CF protocol; pass
+    `validate(model) -> float` to override)."""
     start = time.time()
     validate = validate or (lambda m: evaluate(model_scorer(m, cfg), data, "valid", KS)[cfg.select_metric])
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -222,12 +214,9 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
                                  data.by_user("train"), cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     users_all, items_all = torch.from_numpy(t_user.copy()), torch.from_numpy(t_item.copy())
-    best, best_epoch, best_state, bad, history = -math.inf, 0, None, 0, []
-    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{cfg.model}-{cfg.loss}", disable=not progress)
-    epoch = 0
-    for epoch in bar:
-        record: dict = {"epoch": epoch}
+
+    def train_epoch(epoch: int, deadline: float) -> dict:
+        record: dict = {}
         if shapley is not None:
             with torch.no_grad():
                 u_vec, i_vec = model()
@@ -239,50 +228,43 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
         total, steps = 0.0, 0
         for b in range(0, len(perm), cfg.batch_size):
             idx = perm[b: b + cfg.batch_size]
-            u, i = users_all[idx], items_all[idx]
-            weight = None
-            if shapley is not None:
-                j, mask, weight = shapley.sample(u, i)
-            elif cfg.shared_negatives and cfg.loss != "bpr":
-                j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
-            else:
-                j, mask = negatives.sample(u, cfg.num_negatives)  # [B, K]
-            users, items = vectors(model, cfg)
-            eu = users[u]  # [B, d]
-            pos = (eu * items[i]).sum(-1)  # [B]
-            if j.dim() == 1:
-                neg = eu @ items[j].T  # [B, K]
-                j = j[None]  # [1, K] for the L2 term
-            else:
-                neg = torch.einsum("bd,bkd->bk", eu, items[j])  # [B, K]
-            loss = cf_loss(cfg.loss, pos, neg, tau=cfg.tau, tau2=cfg.tau2, activation=cfg.activation,
-                           include_positive=cfg.include_positive, neg_mask=mask, weight=weight)
-            if cfg.l2:
-                loss = loss + cfg.l2 * (model.user[u].pow(2).sum() + model.item[i].pow(2).sum()) / len(u) \
-                    + cfg.l2 * model.item[j].pow(2).sum() / j.numel()
+            loss = _batch_loss(model, cfg, users_all[idx], items_all[idx], negatives, shapley)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, steps = total + loss.item(), steps + 1
         record["loss"] = total / max(steps, 1)
-        out_of_time = time.time() > deadline
-        if epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.max_epochs:
-            model.eval()
-            score = validate(model)
-            record["valid"] = score
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{best:.4f}@{best_epoch}")
-        if bad >= cfg.patience or out_of_time:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return FitResult(best_epoch, best, epoch, time.time() - start, history)
+        return record  # the whole epoch runs: the clock is checked between epochs
+
+    return run_epochs(model, train_epoch, validate, max_epochs=cfg.max_epochs, eval_every=cfg.eval_every,
+                      patience=cfg.patience, max_minutes=cfg.max_minutes, desc=f"{cfg.model}-{cfg.loss}",
+                      progress=progress, start=start)
+
+
+def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negatives: UniformNegatives,
+                shapley: ShapleySampler | None) -> torch.Tensor:
+    """The loss of one batch of (user u [B], positive item i [B]) pairs, negatives drawn here."""
+    weight = None
+    if shapley is not None:
+        j, mask, weight = shapley.sample(u, i)
+    elif cfg.shared_negatives and cfg.loss != "bpr":
+        j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
+    else:
+        j, mask = negatives.sample(u, cfg.num_negatives)  # [B, K]
+    users, items = vectors(model, cfg)
+    eu = users[u]  # [B, d]
+    pos = (eu * items[i]).sum(-1)  # [B]
+    if j.dim() == 1:
+        neg = eu @ items[j].T  # [B, K]
+        j = j[None]  # [1, K] for the L2 term
+    else:
+        neg = torch.einsum("bd,bkd->bk", eu, items[j])  # [B, K]
+    loss = cf_loss(cfg.loss, pos, neg, tau=cfg.tau, tau2=cfg.tau2, activation=cfg.activation,
+                   include_positive=cfg.include_positive, neg_mask=mask, weight=weight)
+    if cfg.l2:
+        loss = loss + cfg.l2 * (model.user[u].pow(2).sum() + model.item[i].pow(2).sum()) / len(u) \
+            + cfg.l2 * model.item[j].pow(2).sum() / j.numel()
+    return loss
 
 
 def build_model(cfg: CFConfig, data: CFData):
@@ -295,29 +277,6 @@ def build_model(cfg: CFConfig, data: CFData):
 # command line
 
 
-@dataclass
-class CFRunArguments:
-    """Where a CF run reads and writes (the script's arguments beside CFConfig)."""
-
-    dataset_dir: str | None = field(default=None, metadata={"help": "prepared directory (data_prep --protocol cf)"})
-    output_dir: str | None = field(default=None, metadata={"help": "where metrics.json, checkpoint/ and run.json go"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
-
-    def __post_init__(self):
-        for name in ("dataset_dir", "output_dir"):
-            if not getattr(self, name):
-                raise UserError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
-
-
-def parse_args(argv: list[str] | None, config_cls=CFConfig) -> tuple[CFRunArguments, dict]:
-    """The one argument style (napo.scripts.parser): --config FILE (YAML) + command-line overrides;
-    unknown keys, bad values and failed checks exit 2 with one line naming the file and line."""
-    from napo.scripts.parser import ScriptParser
-
-    run_args, cfg = ScriptParser((CFRunArguments, config_cls)).parse(argv)
-    return run_args, asdict(cfg)
-
-
 def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -326,47 +285,10 @@ def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.prepared import PreparedDataError
-    from napo.utils import set_seed, write_run_info
+    """Alias of the recsys recipe (napo.scripts.recsys) with a CF model (default MF)."""
+    from napo.scripts.recsys import main as recsys_main
 
-    args, values = parse_args(argv)
-    try:
-        cfg = CFConfig(**values)
-    except (TypeError, ValueError) as err:
-        print(f"error: config: {err}", file=sys.stderr)
-        return 2
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed)
-    try:
-        data, meta = load_data(args.dataset_dir)
-    except PreparedDataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.model == "MostPop":
-        t0 = time.time()
-        scorer, result = popularity_scorer(data), FitResult(0, float("nan"), 0, 0.0, [])
-        metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
-        result.wall_s = time.time() - t0
-    else:
-        model = build_model(cfg, data)
-        result = fit(model, cfg, data, progress=not args.quiet)
-        save_checkpoint(model, cfg, out / "checkpoint", num_users=data.num_users, num_items=data.num_items)
-        scorer = model_scorer(model, cfg)
-        metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
-    metrics.update(evaluate(scorer, data, "test", pop=True))
-    metrics.update({"train/best_epoch": result.best_epoch, "train/epochs": result.epochs_run,
-                    "train/fit_seconds": round(result.wall_s, 1)})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": result.history}, cfg.seed)
-    shown = {k: round(metrics[k], 4) for k in ("recall@20", "ndcg@20", "train/fit_seconds")}
-    name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
-    print(f"{name}{'-shapley' if cfg.sampler == 'shapley' else ''} test "
-          f"{json.dumps(shown)} -> {out / 'metrics.json'}")
-    return 0
+    return recsys_main(argv, default_model="MF")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ class SeqSplit:
             raise ValueError(f"row {row}: the target is not among its candidates")
         return match.argmax(axis=1)
 
+    def take(self, keep) -> SeqSplit:
+        """The rows at positions `keep` (e.g. napo.eval.runner.sample_rows), in that order."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return SeqSplit(self.seq[keep], self.target[keep], None if self.candidates is None else self.candidates[keep])
+
     def histories(self) -> list[np.ndarray]:
         """Unshifted history ids per row (for exclusion masks)."""
         return [row[row > 0] - 1 for row in self.seq]

@@ -14,7 +14,6 @@ improvement (or after `max_minutes`).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,6 +35,7 @@ from napo.nonfinite import NonFiniteError, check_mode, nonfinite_gradients, nonf
 from napo.recsys import state as train_state
 from napo.recsys.data import SeqSplit
 from napo.recsys.diffusion_config import DIFFUSION_MODELS, build_diffusion
+from napo.recsys.loop import FitResult, LoopState, run_epochs
 from napo.recsys.losses import LOSSES, bce_loss, full_ce_loss, sampled_softmax_loss
 from napo.recsys.models import MODELS, SeqRecommender, build_model
 from napo.recsys.samplers import build_sampler
@@ -49,7 +49,7 @@ class RecConfigError(UserError):
 class RecConfig:
     """Every hyperparameter of an id-based recommender run (YAML keys = field names)."""
 
-    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff"})
+    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff (MF, LightGCN, MostPop: the CF comparators, with the CF settings below)"})
     hidden: int = field(default=64, metadata={"help": "embedding / hidden size d"})
     num_blocks: int = field(default=2, metadata={"help": "transformer blocks (SASRec) or GRU layers"})
     num_heads: int = field(default=1, metadata={"help": "attention heads (SASRec)"})
@@ -124,6 +124,11 @@ class RecRunArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "resume from a checkpoint "
                                                "directory, or true = the newest under OUT/checkpoints"})
     nonfinite: str = field(default="stop", metadata={"help": "on a NaN/inf loss or gradient: stop (one line) or skip the batch"})
+    test_max_examples: int | None = field(default=None, metadata={"help": "test metrics on N rows only (aux/ keeps "
+                                          "every row): the first N, or with test_sample_seed the rows napo-eval "
+                                          "--max_examples N --sample_seed S evaluates (candidate-list data only)"})
+    test_sample_seed: int | None = field(default=None, metadata={"help": "with test_max_examples: a seeded uniform "
+                                         "sample of test rows (napo.eval.runner.sample_rows)"})
 
     def __post_init__(self):
         try:
@@ -133,6 +138,8 @@ class RecRunArguments:
         for name in ("dataset_dir", "output_dir"):
             if not getattr(self, name):
                 raise RecConfigError(f"{name} is not set: add `{name}: DIR` to the config or pass --{name}")
+        if self.test_max_examples is not None and self.test_max_examples < 1:
+            raise RecConfigError(f"test_max_examples must be >= 1, got {self.test_max_examples}")
 
 
 def make_model(cfg: RecConfig, num_items: int, train_counts=None) -> SeqRecommender:
@@ -155,6 +162,13 @@ class SplitOutputs:
     candidate_scores: np.ndarray | None  # float32 [N, C]
     full_ranks: np.ndarray  # int64 [N], pessimistic rank of the target in the catalogue
     top_items: np.ndarray  # int64 [N, R], best first over the catalogue
+
+    def take(self, keep) -> SplitOutputs:
+        """The rows at positions `keep`, in that order (see SeqSplit.take)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return SplitOutputs(self.user_vectors[keep],
+                            None if self.candidate_scores is None else self.candidate_scores[keep],
+                            self.full_ranks[keep], self.top_items[keep])
 
 
 @torch.no_grad()
@@ -227,15 +241,6 @@ def validation_score(model: SeqRecommender, split: SeqSplit, cfg: RecConfig) -> 
 # training
 
 
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_valid: float
-    epochs_run: int
-    wall_s: float
-    history: list[dict]
-
-
 def _batch_loss(model: SeqRecommender, cfg: RecConfig, sampler, seq: torch.Tensor,
                 target: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "training_loss"):  # models with their own objective (DreamRec, PreferDiff)
@@ -297,16 +302,13 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     generators = {"order": gen, "sampler": sampler_gen}
     seq_all, tgt_all = torch.from_numpy(train.seq), torch.from_numpy(train.target)
-    best, best_epoch, best_state, bad, history, done = -math.inf, 0, None, 0, [], 0
+    loop = LoopState()
     if resume_from is not None:
-        counters, best_state = train_state.load(resume_from, model=model, optimizer=opt, generators=generators)
-        best, best_epoch, bad = float(counters["best"]), counters["best_epoch"], counters["bad"]
-        history, done = counters["history"], counters["epoch"]
-    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    bar = tqdm(range(done + 1, cfg.max_epochs + 1), desc=f"{cfg.model}", disable=not progress)
-    epoch = done
-    stopped = bad >= cfg.patience  # a resumed run that had already stopped early
-    for epoch in ([] if stopped else bar):
+        counters, loop.best_state = train_state.load(resume_from, model=model, optimizer=opt, generators=generators)
+        loop.best, loop.best_epoch, loop.bad = float(counters["best"]), counters["best_epoch"], counters["bad"]
+        loop.history, loop.epoch = counters["history"], counters["epoch"]
+
+    def train_epoch(epoch: int, deadline: float) -> dict:
         model.train()
         perm = torch.randperm(len(train), generator=gen)
         total, steps, skipped = 0.0, 0, 0
@@ -329,31 +331,17 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
             total, steps = total + loss.item(), steps + 1
             if time.time() > deadline:
                 break
-        record = {"epoch": epoch, "loss": total / max(steps, 1)}
-        if skipped:
-            record["skipped"] = skipped
-        out_of_time = time.time() > deadline
-        if epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.max_epochs:
-            score, _ = validation_score(model, valid, cfg)
-            record["valid"] = score
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-        history.append(record)
+        return {"loss": total / max(steps, 1), **({"skipped": skipped} if skipped else {})}
+
+    def save(epoch: int, state: LoopState) -> None:
         if save_every and checkpoint_dir is not None and epoch % save_every == 0:
             train_state.save(checkpoint_dir, epoch, model=model, optimizer=opt, generators=generators,
-                             counters={"best": best, "best_epoch": best_epoch, "bad": bad, "history": history},
-                             best_state=best_state)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", valid=f"{record.get('valid', float('nan')):.4f}",
-                        best=f"{best:.4f}@{best_epoch}")
-        if bad >= cfg.patience or out_of_time:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return FitResult(best_epoch, best, epoch, time.time() - start, history)
+                             counters=state.counters(), best_state=state.best_state)
+
+    return run_epochs(model, train_epoch, lambda m: validation_score(m, valid, cfg)[0],
+                      max_epochs=cfg.max_epochs, eval_every=cfg.eval_every, patience=cfg.patience,
+                      max_minutes=cfg.max_minutes, desc=cfg.model, progress=progress, state=loop,
+                      after_epoch=save, start=start)
 
 
 # ---------------------------------------------------------------------------------------------

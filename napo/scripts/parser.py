@@ -146,6 +146,33 @@ class ScriptParser(HfArgumentParser):
             self.exit(2, f"error: invalid settings{where}: {message}\n")
 
 
+def peek(argv: Sequence[str], key: str) -> str | None:
+    """The value `--key V` / `--key=V` or, failing that, the --config file's `key:` has in argv
+    (None when neither sets it, or the file cannot be read: the real parse then says why).
+    For scripts whose settings class depends on one key (napo-recsys: the model family)."""
+    value = None
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == f"--{key}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    if value is not None:
+        return value
+    path, _ = config_path(args)
+    if not path:
+        return None
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return None
+    found = values.get(key) if isinstance(values, dict) else None
+    return None if found is None else str(found)
+
+
 def fail(message: str) -> None:
     """End a script with one ``error:`` line and exit status 2."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -1,40 +1,17 @@
-"""CF training entry points on a tiny clustered log: metrics, checkpoint round trip, CLI errors,
-the 20-candidate fold-in."""
+"""CF training entry points on a tiny clustered log (cf_dir, conftest.py): metrics, checkpoint
+round trip, CLI errors, the 20-candidate fold-in."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from napo.eval.metrics import set_ranking_metrics
 from napo.recsys import cf_candidates, cf_train
-
-
-@pytest.fixture(scope="module")
-def cf_dir(tmp_path_factory):
-    """60 users in two taste groups (items 0-19 vs 20-39), 12 items each."""
-    from data_prep.__main__ import main
-
-    root = tmp_path_factory.mktemp("cf")
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(60):
-        group = np.arange(20) + 20 * (u % 2)
-        for j, it in enumerate(rng.choice(group, 12, replace=False)):
-            rows.append((u, int(it), 1000 + j))
-    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(root / "inter.csv", index=False)
-    pd.DataFrame({"item_id": range(40), "title": [f"I{i}" for i in range(40)]}).to_csv(root / "items.csv", index=False)
-    assert main(["--dataset", "interactions", "--interactions", str(root / "inter.csv"), "--items",
-                 str(root / "items.csv"), "--protocol", "cf", "--output-dir", str(root / "cf"), "--quiet"]) == 0
-    assert main(["--dataset", "interactions", "--interactions", str(root / "inter.csv"), "--items",
-                 str(root / "items.csv"), "--output-dir", str(root / "seq"), "--quiet",
-                 "--num-candidates", "10"]) == 0
-    return root
 
 
 def _run(module, cf_dir, out, *extra):
