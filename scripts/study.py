@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--table_only", action="store_true", help="train and evaluate nothing: the table of finished runs")
     p.add_argument("--eval_examples", type=int, default=1000, help="test rows (a seeded sample, the same for all)")
     args = p.parse_args(argv)
     if args.sft_seeds and "{seed}" not in args.sft:
@@ -118,26 +119,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.sft_seeds:
         results: dict[str, list[dict]] = {"SFT": []}
         for seed in args.seeds:
+            if args.table_only and not (out / "SFT" / f"eval-seed-{seed}" / "metrics.json").is_file():
+                continue
             sft = train_sft(args, seed)
             results["SFT"].append({**evaluate(args, out / "SFT" / f"eval-seed-{seed}", None, sft), "seed": seed,
                                    "seconds": train_seconds(Path(sft))})
     else:
         results = {"SFT": [{**evaluate(args, out / "SFT" / "eval", None, args.sft), "seconds": None}]}
-    for method in args.methods:
-        stem, overrides = METHODS[method]
-        for seed in args.seeds:
+    # Seed-major: an interrupted study has every method at the first seeds rather than some methods at all.
+    for seed in args.seeds:
+        for method in args.methods:
+            stem, overrides = METHODS[method]
             run_dir = out / method.replace(" ", "_") / f"seed-{seed}"
             start = time.time()
+            if args.table_only:
+                done = run_dir / "eval-test" / "metrics.json"
+                if done.is_file():
+                    metrics = json.loads(done.read_text())["rank"]
+                    results.setdefault(method, []).append({**metrics, "seed": seed, "seconds": train_seconds(run_dir)})
+                continue
             if not (run_dir / "adapter_model.safetensors").is_file():
                 cmd = [sys.executable, str(REPO / "recipes/napo.py"), "--config", f"{args.config_dir}/{stem}-tiny.yaml",
                        "--dataset_dir", args.dataset_dir, "--model_name_or_path", args.model_name_or_path,
-                       "--sft_adapter", sft_path(args, seed), "--output_dir", str(run_dir), "--seed", str(seed), *overrides]
+                       "--sft_adapter", sft_path(args, seed), "--output_dir", str(run_dir), "--seed", str(seed),
+                       *overrides]
                 if stem == "napo":
                     cmd += ["--aux_dir", args.aux_dir]
                 run(cmd, run_dir.parent / f"{run_dir.name}.log")
             metrics = evaluate(args, run_dir / "eval-test", str(run_dir), sft_path(args, seed))
             results.setdefault(method, []).append({**metrics, "seed": seed, "seconds": train_seconds(run_dir)})
             print(f"{method} seed {seed}: test hr@1 {metrics['hr@1']:.4f} ({time.time() - start:.0f} s)", flush=True)
+    results = {m: results[m] for m in ["SFT", *args.methods] if results.get(m)}
 
     origin = "SFT retrained per seed" if args.sft_seeds else "one SFT model"
     lines = [f"Study on {args.dataset_dir}: {args.eval_examples} sampled test rows, seeds "
