@@ -217,15 +217,13 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.
     -1 = padding): a query sees earlier-or-equal keys of the prompt and of its own segment.
     A padding query sees only itself, so no row is fully blocked (that would give NaN)."""
     width = segment_ids.shape[1]
-    q = segment_ids[:, :, None]
-    k = segment_ids[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = causal & (q >= 0) & ((k == 0) | (k == q))
-    eye = torch.eye(width, dtype=torch.bool, device=segment_ids.device)
-    allowed = allowed | (eye & (q < 0))
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    pos = torch.arange(width, device=segment_ids.device)
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    # one [B, T, T] bool pass, then one fill: the mask is built for every step, at every width
+    allowed = ((k == 0) | (k == q)) & (pos[:, None] >= pos[None, :])
+    allowed &= (q >= 0) | (pos[:, None] == pos[None, :])
+    mask = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill_(allowed, 0.0)[:, None]
 
 
 def collate_packed(examples: Sequence[dict], pad_token_id: int, dtype: torch.dtype = torch.float32) -> dict:
@@ -238,32 +236,27 @@ def collate_packed(examples: Sequence[dict], pad_token_id: int, dtype: torch.dty
     """
     num_slots = _check_examples(examples, pad_token_id)
     seqs, segs, pos_ids, rows, poss, targets, slots = [], [], [], [], [], [], []
-    for b, ex in enumerate(examples):
+    for b, ex in enumerate(examples):  # list operations per completion, not per token
         prompt = list(ex["prompt_ids"])
-        seq, seg, pos = list(prompt), [0] * len(prompt), list(range(len(prompt)))
+        n_prompt = len(prompt)
+        seq, seg, pos = list(prompt), [0] * n_prompt, list(range(n_prompt))
         for m, comp in enumerate(ex["completion_ids"]):
-            start = len(seq)
-            for j, tok in enumerate(comp):
-                rows.append(b)
-                # token 0 is predicted from the last prompt position, not the previous completion
-                poss.append(len(prompt) - 1 if j == 0 else start + j - 1)
-                targets.append(tok)
-                slots.append(b * num_slots + m)
-            seq += list(comp)
-            seg += [m + 1] * len(comp)
-            pos += list(range(len(prompt), len(prompt) + len(comp)))
+            start, n = len(seq), len(comp)
+            rows += [b] * n
+            # token 0 is predicted from the last prompt position, not the previous completion
+            poss += [n_prompt - 1, *range(start, start + n - 1)] if n else []
+            targets += comp
+            slots += [b * num_slots + m] * n
+            seq += comp
+            seg += [m + 1] * n
+            pos += range(n_prompt, n_prompt + n)
         seqs.append(seq)
         segs.append(seg)
         pos_ids.append(pos)
     width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-    segment_ids = torch.full((len(seqs), width), -1, dtype=torch.long)
-    position_ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    for r in range(len(seqs)):
-        n = len(seqs[r])
-        input_ids[r, :n] = torch.tensor(seqs[r], dtype=torch.long)
-        segment_ids[r, :n] = torch.tensor(segs[r], dtype=torch.long)
-        position_ids[r, :n] = torch.tensor(pos_ids[r], dtype=torch.long)
+    input_ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs], dtype=torch.long)
+    segment_ids = torch.tensor([s + [-1] * (width - len(s)) for s in segs], dtype=torch.long)
+    position_ids = torch.tensor([s + [0] * (width - len(s)) for s in pos_ids], dtype=torch.long)
     batch = {
         "layout": "packed",
         "input_ids": input_ids,

@@ -172,6 +172,59 @@ def test_packed_mask_by_hand():
     assert batch["gather_index"].tolist() == [0, 1, 0]
 
 
+def per_token_packed(examples, pad):
+    """The packed layout written out token by token (what collate_packed must equal)."""
+    num_slots = max(len(ex["completion_ids"]) for ex in examples)
+    width = max(len(ex["prompt_ids"]) + sum(len(c) for c in ex["completion_ids"]) for ex in examples)
+    ids = torch.full((len(examples), width), pad)
+    seg = torch.full((len(examples), width), -1)
+    pos = torch.zeros(len(examples), width, dtype=torch.long)
+    rows, poss, targets, slots = [], [], [], []
+    for b, ex in enumerate(examples):
+        p = len(ex["prompt_ids"])
+        t = 0
+        for tok in ex["prompt_ids"]:
+            ids[b, t], seg[b, t], pos[b, t] = tok, 0, t
+            t += 1
+        for m, comp in enumerate(ex["completion_ids"]):
+            for j, tok in enumerate(comp):
+                ids[b, t], seg[b, t], pos[b, t] = tok, m + 1, p + j
+                rows.append(b)
+                poss.append(p - 1 if j == 0 else t - 1)
+                targets.append(tok)
+                slots.append(b * num_slots + m)
+                t += 1
+    # the mask entry by entry: causal, prompt or own segment; a padding query sees itself
+    mask = torch.zeros(len(examples), width, width, dtype=torch.bool)
+    for b in range(len(examples)):
+        for i in range(width):
+            for j in range(width):
+                if seg[b, i] < 0:
+                    mask[b, i, j] = i == j
+                else:
+                    mask[b, i, j] = j <= i and (seg[b, j] == 0 or seg[b, j] == seg[b, i])
+    return ids, seg, pos, mask, rows, poss, targets, slots
+
+
+def test_collate_packed_equals_per_token_layout():
+    examples = random_examples(5, 4, seed=11, vary_m=True)
+    examples[2]["completion_ids"].append([])  # an empty completion gets no gather entry
+    ids, seg, pos, mask, rows, poss, targets, slots = per_token_packed(examples, PAD)
+    batch = collate_packed(examples, PAD)
+    assert torch.equal(batch["input_ids"], ids)
+    assert torch.equal(batch["segment_ids"], seg)
+    assert torch.equal(batch["position_ids"], pos)
+    assert torch.equal(batch["attention_mask"][:, 0] == 0, mask)
+    blocked = batch["attention_mask"][:, 0][~mask]
+    assert torch.all(blocked == torch.finfo(torch.float32).min)
+    assert batch["gather_row"].tolist() == rows
+    assert batch["gather_pos"].tolist() == poss
+    assert batch["gather_target"].tolist() == targets
+    assert batch["gather_slot"].tolist() == slots
+    half = packed_attention_mask(seg, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half[:, 0] == 0, mask)
+
+
 def lora_grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
