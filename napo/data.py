@@ -225,7 +225,8 @@ def preference_splits(dataset, meta: dict, data_args, aux_dir: str | None, *, wi
     """{"train": split[, "eval": split]} for NAPOTrainer, ``rejected`` always a list (:func:`as_listwise`).
 
     The auxiliary recommender's user vectors and candidate scores (``aux_dir``) are joined by row
-    index, so before any truncation to ``max_train_samples`` / ``max_eval_samples``.
+    index: the truncation to ``max_train_samples`` / ``max_eval_samples`` keeps the first rows, so
+    row i takes the outputs of row i of the whole split (only the kept rows are joined).
     """
     from napo.auxiliary import load_aux
     from napo.collator import add_aux_columns
@@ -240,7 +241,11 @@ def preference_splits(dataset, meta: dict, data_args, aux_dir: str | None, *, wi
             fix = "set train_split" if role == "train" else "set eval_split, or eval_strategy no"
             raise TrainingDataError(f"{source}: no split {split!r} (has {', '.join(dataset)}); {fix}")
         rows = as_listwise(dataset[split])
+        num_rows = len(rows)
+        if limit is not None:  # the first rows: the join below is by row index, so it is unchanged
+            rows = rows.select(range(min(limit, num_rows)))
         if aux_dir:
-            rows = add_aux_columns(rows, *load_aux(aux_dir, split, meta, num_rows=len(rows)))
-        out[role] = rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+            user_vectors, candidate_scores = load_aux(aux_dir, split, meta, num_rows=num_rows)
+            rows = add_aux_columns(rows, user_vectors[:len(rows)], candidate_scores[:len(rows)])
+        out[role] = rows
     return out

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from trl import SFTTrainer
+from trl.trainer import utils as trl_utils
 
 from napo.cards import command_line, read_card, write_card
 from napo.utils import package_versions
@@ -184,10 +186,45 @@ class RunCardMixin:
                 self.create_model_card()
 
 
+# Devices that run eagerly: a varying number of scored positions costs nothing there (TRL keeps the
+# full projection elsewhere, e.g. XLA / Neuron, where a new tile shape means a recompilation).
+_EAGER_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+@contextmanager
+def compact_fused_head():
+    """Make TRL's fused LM head project only the positions whose label is not -100, on any eager device.
+
+    TRL 1.16's ``add_fused_lm_head`` does so only where Triton runs (``compact =
+    _use_triton(device)``); on a CPU it projects every position through the full vocabulary and
+    zeroes the ignored ones afterwards. With prompt-masked SFT data (a long candidate-list prompt,
+    a completion of an item token and EOS) almost all of that work is thrown away. The per-token
+    values of the kept positions are the same either way (each row of the chunked log-softmax is
+    computed on its own), so the loss, its gradient and the logged entropy / token accuracy are
+    unchanged up to float rounding (tests/test_hub.py compares one step of both paths). Only the
+    name ``_use_triton`` of ``trl.trainer.utils`` is swapped, for the duration of the block; the
+    kernels' own device choice is untouched (tests/test_trl_contract.py pins the hook).
+    """
+    stock = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type in _EAGER_DEVICES or stock(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = stock
+
+
 class RecSFTTrainer(RunCardMixin, SFTTrainer):
-    """TRL's SFTTrainer with our model card and a single upload per push."""
+    """TRL's SFTTrainer with our model card, a single upload per push, and the fused LM head
+    scoring only the completion positions on every eager device (:func:`compact_fused_head`)."""
 
     _tag_names = ["trl", "sft", "recommendation"]
+    compact_head: bool = True  # False: TRL's own choice (a full projection on CPUs), for comparisons
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.compact_head:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with compact_fused_head():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def push_folder(folder: str | Path, repo_id: str, *, repo_type: str = "model", private: bool | None = None,

@@ -49,10 +49,88 @@ _PACKED_ATTENTION = ("eager", "sdpa", "flex_attention")
 
 def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):  # the usual case, compared in C
+        return n
     for i in range(n):
         if a[i] != b[i]:
             return i
     return n
+
+
+def _appended_token_ids(tokenizer, completions: set[str]) -> tuple[dict[str, int], int]:
+    """The completions whose joint tokenization with ANY prompt is the prompt's own plus one id.
+
+    A fast (``tokenizers``) tokenizer first cuts the text at its added tokens, then normalizes,
+    pre-tokenizes and encodes each piece on its own, and its post-processor adds specials around
+    the one sequence. So when a completion is exactly an added token that is matched verbatim
+    (``normalized`` false or special; no ``lstrip``, which would take the prompt's trailing
+    space; no ``single_word``, which looks at the character before it) and no added token can
+    straddle the prompt/completion boundary (no proper suffix of one is a prefix of the
+    completion), ``tokenize(p + c)`` is ``tokenize(p)`` with c's id inserted before the
+    post-processor's closing specials. Item tokens (``<item_17>``) are such completions: a row's
+    20 joint tokenizations then cost one (the demo's preference data, the ranking evaluation).
+
+    Returns ({completion text: token id}, number of closing specials); ({}, 0) when the tokenizer
+    is not a fast one. ``tokenize_listwise`` also checks the first use against a real joint
+    tokenization and falls back to tokenizing everything if they ever differ.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False) or not completions:
+        return {}, 0
+    added = {tok.content: (idx, tok) for idx, tok in backend.get_added_tokens_decoder().items()}
+    suffixes = {content[i:] for content in added for i in range(1, len(content))}
+    appendable = {}
+    for text in completions:
+        idx, tok = added.get(text, (None, None))
+        if tok is None or tok.lstrip or tok.single_word or (tok.normalized and not tok.special):
+            continue
+        if any(text[:k] in suffixes for k in range(1, len(text) + 1)):
+            continue
+        appendable[text] = idx
+    if not appendable:
+        return {}, 0
+    # how many specials the post-processor puts after the sequence: probe with a non-special one
+    probe = next((t for t in appendable if not added[t][1].special), None)
+    if probe is None:
+        return {}, 0
+    alone = tokenizer([probe], add_special_tokens=True)["input_ids"][0]
+    if alone.count(appendable[probe]) != 1:
+        return {}, 0
+    idx = appendable[probe]
+    return appendable, len(alone) - 1 - alone.index(idx)
+
+
+def _joint_token_ids(tokenizer, prompts: Sequence[str], completions: Sequence[Sequence[str]],
+                     shortcut: bool = True) -> list[tuple[list[int], list[list[int]]]]:
+    """Per example: (tokenize(prompt), [tokenize(prompt + c) for c in completions]), all with the
+    tokenizer's special tokens, in one tokenizer call; with ``shortcut`` the completions of
+    :func:`_appended_token_ids` are spliced into the prompt's ids instead of tokenized again
+    (identical ids: tests/test_scoring.py compares both on the tiny data)."""
+    appendable, closing = _appended_token_ids(tokenizer, {c for cs in completions for c in cs}) if shortcut \
+        else ({}, 0)
+    texts = []
+    for p, cs in zip(prompts, completions, strict=True):
+        texts.append(p)
+        texts.extend(p + c for c in cs if c not in appendable)
+    flat = tokenizer(texts, add_special_tokens=True)["input_ids"]  # one call (fast tokenizers batch it)
+    out, cursor, checked = [], 0, not appendable
+    for p, cs in zip(prompts, completions, strict=True):
+        alone = flat[cursor]
+        cursor += 1
+        cut = len(alone) - closing
+        joint = []
+        for c in cs:
+            if c in appendable:
+                joint.append(alone[:cut] + [appendable[c]] + alone[cut:])
+                if not checked:  # the first splice is checked against the real thing
+                    checked = True
+                    if tokenizer([p + c], add_special_tokens=True)["input_ids"][0] != joint[-1]:
+                        return _joint_token_ids(tokenizer, prompts, completions, shortcut=False)
+            else:
+                joint.append(flat[cursor])
+                cursor += 1
+        out.append((alone, joint))
+    return out
 
 
 def tokenize_listwise(
@@ -96,14 +174,12 @@ def tokenize_listwise(
     for i, comps in enumerate(completions):
         if len(comps) == 0:
             raise ValueError(f"tokenize_listwise: example {i} has no completions; give at least one")
-    if text_mode:  # one tokenizer call for the whole batch (fast tokenizers parallelise it)
-        texts = [t for p, cs in zip(prompts, completions, strict=True) for t in [p, *(p + c for c in cs)]]
-        flat_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    examples, cursor = [], 0
+    if text_mode:
+        joint_ids = _joint_token_ids(tokenizer, prompts, completions)
+    examples = []
     for i, (prompt, comps) in enumerate(zip(prompts, completions, strict=True)):
         if text_mode:
-            alone, joint = flat_ids[cursor], flat_ids[cursor + 1: cursor + 1 + len(comps)]
-            cursor += 1 + len(comps)
+            alone, joint = joint_ids[i]
             n = len(alone)
             for j in joint:
                 n = min(n, _common_prefix_length(alone, j))

@@ -61,7 +61,8 @@ def main(demo_dir: str, wall_seconds: str) -> None:
         cfg = sasrec_run.get("config", {})
         lines.append(
             f"- SASRec (also NAPO's auxiliary model): {cfg.get('num_blocks')} blocks, hidden {cfg.get('hidden')}, "
-            f"loss {cfg.get('loss')}, early stopping on valid {cfg.get('select_metric')}, "
+            f"loss {cfg.get('loss')}, lr {cfg.get('lr')}, early stopping on valid {cfg.get('select_metric')} "
+            f"(patience {cfg.get('patience')}), "
             f"{sasrec.get('train/epochs')} epochs (at most {cfg.get('max_epochs')}) in "
             f"{sasrec.get('train/fit_seconds', 0):.0f} s "
             f"(best epoch {sasrec.get('train/best_epoch')}). Popularity = training counts."

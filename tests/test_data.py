@@ -30,3 +30,23 @@ def test_item_token_check(tiny_item_tokens):
     check_item_tokens(tok, {"item_format": "title"}, pd.DataFrame({"item_id": [10_000]}))  # titles: not checked
     with pytest.raises(TrainingDataError, match=r"lacks 1 of them \(e\.g\. <item_10000>\).*--item-tokens"):
         check_item_tokens(tok, {"item_format": "token"}, pd.DataFrame({"item_id": [0, 10_000]}))
+
+
+def test_preference_splits_join_aux_by_row_before_and_after_truncation(napo_inputs):
+    """max_train_samples keeps the first rows; joining the auxiliary outputs to those rows only
+    gives what joining the whole split and then truncating gives."""
+    from types import SimpleNamespace
+
+    from data_prep.prepared import load_prepared
+    from napo.auxiliary import load_aux
+    from napo.collator import add_aux_columns
+    from napo.data import as_listwise, preference_splits
+
+    dataset, _, meta = load_prepared(napo_inputs["data"])
+    aux = str(napo_inputs["root"] / "aux")
+    args = SimpleNamespace(source="d", dataset_dir="d", train_split="train", eval_split="valid",
+                           max_train_samples=5, max_eval_samples=None)
+    got = preference_splits(dataset, meta, args, aux, with_eval=True)
+    whole = add_aux_columns(as_listwise(dataset["train"]), *load_aux(aux, "train", meta, num_rows=len(dataset["train"])))
+    assert got["train"].to_list() == whole.select(range(5)).to_list()
+    assert len(got["eval"]) == len(dataset["valid"])

@@ -414,3 +414,72 @@ def test_borrowed_titles_tokenize_as_the_rows_own_across_a_bpe_merge():
             if "(500) Days" in borrowed:
                 plain = tok("(500) Days", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 assert got[borrowed.index("(500) Days")] != plain
+
+
+def _brute_force_listwise(tokenizer, prompts, completions, **kwargs):
+    """tokenize_listwise with every prompt + completion tokenized for real (no splice)."""
+    import napo.scoring as scoring
+
+    real = scoring._joint_token_ids
+    try:
+        scoring._joint_token_ids = lambda tok, p, c, shortcut=True: real(tok, p, c, shortcut=False)
+        return tokenize_listwise(tokenizer, prompts, completions, **kwargs)
+    finally:
+        scoring._joint_token_ids = real
+
+
+def test_item_token_splice_gives_the_joint_tokenization_ids(tiny_item_tokens):
+    """Item-token completions are spliced into the prompt's ids instead of tokenizing prompt +
+    completion again: the ids must be exactly those of the full joint tokenization."""
+    from transformers import AutoTokenizer
+
+    from data_prep.prepared import load_prepared
+    from napo.scoring import _appended_token_ids, _joint_token_ids
+
+    data_dir, model_dir = tiny_item_tokens
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    split = load_prepared(data_dir)[0]["train"]
+    prompts = list(split["prompt"])
+    completions = [[c, *r] for c, r in zip(split["chosen"], split["rejected"], strict=True)]
+    items = {c for cs in completions for c in cs}
+    appendable, closing = _appended_token_ids(tok, items)
+    assert set(appendable) == items and closing == 0  # every item token qualifies; "<s> $A" closes with none
+    fast = _joint_token_ids(tok, prompts, completions)
+    for (alone, joint), p, cs in zip(fast, prompts, completions, strict=True):
+        assert alone == tok(p)["input_ids"]
+        assert joint == tok([p + c for c in cs])["input_ids"]
+    for kwargs in ({}, {"max_prompt_length": 12, "max_completion_length": 1}):
+        assert tokenize_listwise(tok, prompts, completions, **kwargs) == \
+            _brute_force_listwise(tok, prompts, completions, **kwargs)
+    # a prompt ending in a space: the item token does not take it (no lstrip), still identical
+    spaced = [p + " " for p in prompts]
+    assert tokenize_listwise(tok, spaced, completions) == _brute_force_listwise(tok, spaced, completions)
+
+
+def test_splice_refuses_what_the_tokenizer_could_merge(bpe_tokenizer, tiny_item_tokens):
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from napo.scoring import _appended_token_ids
+
+    # titles are not added tokens: nothing is spliced, the BPE merge across the boundary stays
+    assert _appended_token_ids(bpe_tokenizer, {"Heat (1995)", " Toy Story (1995)"}) == ({}, 0)
+    tok = AutoTokenizer.from_pretrained(tiny_item_tokens[1])
+    tok.add_tokens([AddedToken("<lstrip>", lstrip=True), AddedToken("<plain>", normalized=False)])
+    # "<lstrip>" would take the prompt's trailing space
+    assert set(_appended_token_ids(tok, {"<lstrip>", "<plain>", "<item_3>"})[0]) == {"<plain>", "<item_3>"}
+    tok.add_tokens([AddedToken("x<item", normalized=False)])
+    # now "x<item" could straddle a prompt ending in "x" and an item token
+    assert set(_appended_token_ids(tok, {"<lstrip>", "<plain>", "<item_3>"})[0]) == {"<plain>"}
+    prompts, comps = ["watched x", "watched "], [["<item_3>", "<lstrip>", "<plain>"]] * 2
+    assert _brute_force_listwise(tok, prompts, comps) == tokenize_listwise(tok, prompts, comps)
+    # with a closing special (a "$A </s>" template) the id goes before it
+    from tokenizers import processors
+
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.bos_token_id), ("</s>", tok.eos_token_id)])
+    tok2 = AutoTokenizer.from_pretrained(tiny_item_tokens[1])
+    tok2.backend_tokenizer.post_processor = tok.backend_tokenizer.post_processor
+    assert _appended_token_ids(tok2, {"<item_3>"})[1] == 1
+    prompts, comps = ["watched <item_1> then", "hi "], [["<item_3>", "<item_4>"], ["<item_5>"]]
+    assert tokenize_listwise(tok2, prompts, comps) == _brute_force_listwise(tok2, prompts, comps)

@@ -124,3 +124,54 @@ def test_item_token_data_with_a_title_tokenizer_fails_clearly(tiny, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_data: not a directory" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def _one_sgd_step(tiny, out, compact):
+    """One full fine-tuning step of RecSFTTrainer (SGD: the update is lr x gradient), with the
+    compact head or TRL's own; returns (loss, entropy, token accuracy, parameters after the step)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from data_prep.prepared import load_prepared
+    from napo.data import to_prompt_completion
+    from napo.hub import RecSFTTrainer
+
+    data, model_dir, _ = tiny
+    losses = []
+
+    class Recording(RecSFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            losses.append(loss.item())
+            return loss
+
+    args = SFTConfig(output_dir=str(out), per_device_train_batch_size=8, max_steps=1, learning_rate=0.5,
+                     optim="sgd", lr_scheduler_type="constant", warmup_steps=0, use_cpu=True, bf16=False,
+                     report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+                     dataloader_pin_memory=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = Recording(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(model_dir),
+                        train_dataset=to_prompt_completion(load_prepared(data)[0]["train"], 8))
+    trainer.compact_head = compact
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "entropy" in h)
+    params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return losses[0], log["entropy"], log["mean_token_accuracy"], params
+
+
+def test_compact_head_gives_the_stock_loss_metrics_and_update(tiny, tmp_path):
+    """RecSFTTrainer projects only the completion positions through the LM head (on a CPU, TRL
+    projects all of them): one training step must give the same loss, logged metrics and
+    parameter update as TRL's own path."""
+    from transformers import AutoModelForCausalLM
+
+    fast = _one_sgd_step(tiny, tmp_path / "fast", compact=True)
+    stock = _one_sgd_step(tiny, tmp_path / "stock", compact=False)
+    assert math.isfinite(stock[0]) and abs(fast[0] - stock[0]) <= 1e-6, (fast[0], stock[0])
+    assert fast[1] == pytest.approx(stock[1], abs=1e-5) and fast[2] == pytest.approx(stock[2], abs=1e-9)
+    initial = AutoModelForCausalLM.from_pretrained(tiny[1]).state_dict()
+    moved = 0.0
+    for name, value in stock[3].items():
+        torch.testing.assert_close(fast[3][name], value, rtol=0, atol=1e-6, msg=name)
+        moved = max(moved, (value - initial[name]).abs().max().item())
+    assert moved > 1e-3  # the step did update the weights (so the comparison is not vacuous)

@@ -129,3 +129,41 @@ def test_logged_metrics_are_averaged_by_dpo_log(tmp_path, tiny_parts):
     trainer.log({"loss": 0.5})
     assert trainer.state.log_history[-1]["napo/gamma"] == 2.0
     assert trainer._metrics["train"] == {}
+
+
+def test_sft_fused_head_still_decides_compaction_by_use_triton():
+    """napo.hub.compact_fused_head swaps ``trl.trainer.utils._use_triton`` to make SFTTrainer's fused
+    LM head score only the labelled positions on a CPU; that name must still be what decides it."""
+    from trl import SFTTrainer
+
+    assert callable(trl_utils._use_triton)
+    fused = inspect.getsource(trl_utils.add_fused_lm_head)
+    assert "compact = _use_triton(hidden_states.device)" in fused
+    assert "hidden_states[mask] if compact else" in fused
+    assert "outputs = model(**inputs, fused_lm_head=True)" in inspect.getsource(SFTTrainer.compute_loss)
+    assert params(SFTTrainer.compute_loss) == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+
+
+def test_compact_fused_head_scores_only_labelled_positions(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from napo.hub import compact_fused_head
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, 50, (2, 7))
+    labels = ids.clone()
+    labels[:, :5] = -100  # a 5-token prompt, 2 completion tokens: 2 x 2 scored positions after the shift
+    rows = []
+    real = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: rows.append(hidden.shape[0]) or real(hidden, *rest))
+    stock = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    with compact_fused_head():
+        fast = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    assert rows == [2 * 6, 4]  # all shifted positions, then the labelled ones only
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after the block
+    for field in ("loss", "log_probs", "entropy", "is_top1", "label_mask"):
+        torch.testing.assert_close(getattr(fast, field), getattr(stock, field), rtol=0, atol=1e-6)
