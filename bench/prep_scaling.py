@@ -27,7 +27,7 @@ import pandas as pd
 STAGES = ("load", "sequences", "candidates", "prompts", "write")
 
 
-def make_log(n: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+def make_log(n: int, folder: Path, seed: int = 0, fmt: str = "parquet") -> tuple[Path, Path]:
     """Synthetic interactions (user_id, item_id, timestamp) and items (item_id, title)."""
     rng = np.random.default_rng(seed)
     n_users = max(n // 50, 10)
@@ -40,8 +40,15 @@ def make_log(n: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     inter = pd.DataFrame({"user_id": user, "item_id": item, "timestamp": ts})
     items = pd.DataFrame({"item_id": np.arange(n_items),
                           "title": [f"Title {i:x} ({1950 + i % 70})" for i in range(n_items)]})
-    ip, tp = folder / f"inter_{n}.parquet", folder / f"items_{n}.parquet"
-    inter.to_parquet(ip)
+    ip, tp = folder / f"inter_{n}.{fmt}", folder / f"items_{n}.parquet"
+    if fmt == "parquet":
+        inter.to_parquet(ip)
+    elif fmt == "csv":
+        inter.to_csv(ip, index=False)
+    elif fmt == "jsonl":
+        inter.to_json(ip, orient="records", lines=True)
+    else:
+        raise SystemExit(f"unknown --format {fmt!r}; use parquet, csv or jsonl")
     items.to_parquet(tp)
     return ip, tp
 
@@ -72,6 +79,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes (50k, 200k) for a smoke run")
     p.add_argument("--sampler", default="llara", help="llara | uniform | popularity")
     p.add_argument("--storage", default="ids", help="ids (text rendered on load) | text")
+    p.add_argument("--format", default="parquet", help="interactions file: parquet | csv | jsonl")
     p.add_argument("--keep", action="store_true", help="keep the generated files and outputs")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -81,12 +89,13 @@ def main() -> None:
     sizes = [50_000, 200_000] if a.quick else a.sizes
     tmp = Path(tempfile.mkdtemp(prefix="prep_scaling_"))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    print(f"data_prep scaling, sampler={a.sampler}, storage={a.storage}, cpus={os.cpu_count()}, files in {tmp}")
+    print(f"data_prep scaling, input={a.format}, sampler={a.sampler}, storage={a.storage}, "
+          f"cpus={os.cpu_count()}, files in {tmp}")
     print(f"{'interactions':>13} {'examples':>11} {'seconds':>8} {'s/M int.':>9} {'peak MB':>8} "
           f"{'out GB':>7}  "
           + " ".join(f"{s:>10}" for s in STAGES))
     for n in sizes:
-        ip, tp = make_log(n, tmp)
+        ip, tp = make_log(n, tmp, fmt=a.format)
         cmd = [sys.executable, __file__, "--sampler", a.sampler, "--storage", a.storage, "--_child", str(ip), str(tp),
                str(tmp / f"out_{n}")]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -28,25 +28,28 @@ def _excluded(hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndar
               catalogue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row sorted, de-duplicated catalogue positions that may not be negatives.
 
-    Returns `ex [N, W]` (int64, padded with a huge value) and `n_ex [N]`, where W = longest
-    history + 1. Positions index into `catalogue` (sorted item ids).
+    Returns `ex [N, W]` (int32 for catalogues below 2**31 items, else int64; padded with the
+    dtype's largest value) and `n_ex [N]`, where W = longest history + 1. Positions index into
+    `catalogue` (sorted item ids).
     """
     n = len(target)
     lengths = np.diff(hist_offsets)
     width = int(lengths.max(initial=0)) + 1
-    big = np.iinfo(np.int64).max // 4
-    ex = np.full((n, width), big, dtype=np.int64)
+    dtype = np.int32 if len(catalogue) < np.iinfo(np.int32).max else np.int64
+    big = np.iinfo(dtype).max
+    ex = np.full((n, width), big, dtype=dtype)
     ex[:, 0] = positions(catalogue, target)
     if len(hist_values):
         row = np.repeat(np.arange(n), lengths)
-        col = np.arange(len(hist_values)) - np.repeat(hist_offsets[:-1], lengths) + 1
+        col = np.arange(1, len(hist_values) + 1) - (hist_offsets[:-1] - hist_offsets[0])[row]
         ex[row, col] = positions(catalogue, hist_values)
     ex.sort(axis=1)
     # Duplicates (an item twice in the history, or the target in its own history) count once.
     dup = np.zeros_like(ex, dtype=bool)
     dup[:, 1:] = ex[:, 1:] == ex[:, :-1]
-    ex[dup] = big
-    ex.sort(axis=1)
+    if dup.any():
+        ex[dup] = big
+        ex.sort(axis=1)
     n_ex = (ex < big).sum(axis=1)
     return ex, n_ex
 
@@ -62,22 +65,25 @@ def _pool_to_position(j: np.ndarray, ex: np.ndarray) -> np.ndarray:
     """Map index `j [N, K]` into each row's pool (catalogue minus `ex`, in order) to positions.
 
     With excluded positions e_0 < e_1 < ... the pool skips each; the number of excluded positions
-    before pool element j is #{i : e_i - i <= j}.
+    before pool element j is #{i : e_i - i <= j}. Returns int64 positions.
     """
-    adj = ex - np.arange(ex.shape[1])  # [N, W], non-decreasing per row
     top = int(j.max(initial=-1))
-    small = top < 2**31 - ex.shape[1]  # int32 halves the memory traffic
-    jj = j.astype(np.int32) if small else j
-    pos = jj.copy()
-    # One [N, K] comparison per excluded column (cheaper than an [N, K, W] array); padding
-    # columns (every row past its exclusions) count for nothing and end the loop.
+    small = top < np.iinfo(np.int32).max - ex.shape[1]  # int32 halves the memory traffic
+    jj = j.astype(np.int32) if small else j.astype(np.int64)
+    # Counted one [N, K] comparison per excluded column (cheaper than an [N, K, W] array), into
+    # a byte counter; padding columns (every row past its exclusions) end the loop.
+    count = np.zeros(j.shape, dtype=np.uint8 if ex.shape[1] < 256 else np.int32)
+    hit = np.empty(j.shape, dtype=bool)
     for col in range(ex.shape[1]):
-        a = adj[:, col]
+        a = ex[:, col].astype(np.int64) - col
         if not (a <= top).any():
             break
-        a = np.minimum(a, top + 1).astype(jj.dtype)
-        pos += a[:, None] <= jj
-    return pos.astype(np.int64)
+        np.less_equal(np.minimum(a, top + 1).astype(jj.dtype)[:, None], jj, out=hit)
+        if count.dtype == np.uint8:
+            count += hit.view(np.uint8)
+        else:
+            count += hit
+    return jj.astype(np.int64) + count
 
 
 def check_pool_size(n_items: int, n_ex: np.ndarray, num_candidates: int, split: str) -> None:
@@ -107,7 +113,7 @@ class LlaraSampler:
         self.width = max_history + 2  # n_excluded is in 1..max_history+1
         self.keys = np.zeros(0, dtype=np.int64)
         # Per key: the drawn pool indices already in shuffled order, -1 where the target goes.
-        self.draws = np.zeros((0, self.c), dtype=np.int64)
+        self.draws = np.zeros((0, self.c), dtype=np.int32 if len(catalogue) < 2**31 - 1 else np.int64)
         self.perm = np.zeros((len(catalogue), num_candidates), dtype=np.int16)
         self.has_perm = np.zeros(len(catalogue), dtype=bool)
         self.rng = random.Random()
@@ -141,7 +147,7 @@ class LlaraSampler:
         keys_all = np.concatenate([self.keys, new])
         order = np.argsort(keys_all, kind="stable")
         self.keys = keys_all[order]
-        self.draws = np.concatenate([self.draws, shuffled])[order]
+        self.draws = np.concatenate([self.draws, shuffled.astype(self.draws.dtype)])[order]
 
     def _fill_perm(self, tpos: np.ndarray) -> None:
         todo = np.unique(tpos[~self.has_perm[tpos]])
