@@ -15,12 +15,14 @@ import argparse
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from data_prep.errors import DataPrepError
 from data_prep.fetch import file_digest
 from data_prep.sources import SourceData, _sorted_ids
 from data_prep.sources.tables import (
     ColumnCodes,
+    TypedReadFailed,
     check_ids,
     column_values,
     csv_typed,
@@ -38,25 +40,18 @@ def load_interactions(args: argparse.Namespace) -> SourceData:
         raise DataPrepError("--dataset interactions needs --interactions FILE and --items FILE")
     inter_path = require_file(args.interactions, "--interactions")
     items_path = require_file(args.items, "--items")
-    ikind, keep, chunks = read_chunks(inter_path, ("user_id", "item_id", "timestamp"), ("rating",))
-    if args.min_rating is not None and "rating" not in keep:
-        raise DataPrepError(f"{inter_path}: --min-rating needs a 'rating' column; add it or drop the flag")
-    users, items_col = ColumnCodes(inter_path, "user_id"), ColumnCodes(inter_path, "item_id")
-    times, kept, ts_state = [], [], {}
-    row0 = 0
-    for table in chunks:
-        users.add(table["user_id"])
-        items_col.add(table["item_id"])
-        times.append(timestamps_chunk(table["timestamp"].combine_chunks(), inter_path, ikind, row0, ts_state))
-        if args.min_rating is not None:
-            kept.append(_rating_mask(table["rating"], args.min_rating, inter_path, ikind, row0))
-        row0 += table.num_rows
-    del table, chunks
+    try:
+        # CSV columns whose first block is all integers are parsed as int64 (fast); if a later
+        # value is not an integer, the file is read again with those columns as text.
+        ikind, keep, codes = _read_log(inter_path, args.min_rating, ("user_id", "item_id", "timestamp"), True)
+    except TypedReadFailed:
+        ikind, keep, codes = _read_log(inter_path, args.min_rating, (), False)
+    users, items_col, times, kept = codes
     items, tkind = read_table(items_path, ("item_id", "title"))
     ucodes, uvalues = users.finish()
     icodes, ivalues = items_col.finish()
     ts = np.concatenate(times)
-    del times
+    del times, codes
     # The distinct ids, typed as a whole-file read types the column, then checked as before.
     uniq = pd.DataFrame({"user_id": _typed(uvalues, ikind)})
     uniq_items = pd.DataFrame({"item_id": _typed(ivalues, ikind)})
@@ -88,9 +83,30 @@ def load_interactions(args: argparse.Namespace) -> SourceData:
     )
 
 
+def _read_log(path, min_rating, int_columns: tuple[str, ...], first_pass: bool):
+    """Stream the log: (kind, columns, (user codes, item codes, timestamps per chunk, rating
+    masks per chunk)). Errors name the file's own lines."""
+    kind, keep, chunks = read_chunks(path, ("user_id", "item_id", "timestamp"), ("rating",),
+                                     int_columns=int_columns, check_utf8=first_pass)
+    if min_rating is not None and "rating" not in keep:
+        raise DataPrepError(f"{path}: --min-rating needs a 'rating' column; add it or drop the flag")
+    users = ColumnCodes(path, "user_id", text=kind == "csv")
+    items = ColumnCodes(path, "item_id", text=kind == "csv")
+    times, kept, ts_state = [], [], {}
+    row0 = 0
+    for table in chunks:
+        users.add(table["user_id"])
+        items.add(table["item_id"])
+        times.append(timestamps_chunk(table["timestamp"].combine_chunks(), path, kind, row0, ts_state))
+        if min_rating is not None:
+            kept.append(_rating_mask(table["rating"], min_rating, path, kind, row0))
+        row0 += table.num_rows
+    return kind, keep, (users, items, times, kept)
+
+
 def _typed(values, kind: str) -> pd.Series:
     """Distinct raw values of an id column -> pandas values, typed as in a whole-file read."""
-    if kind == "csv":
+    if kind == "csv" and pa.types.is_string(values.type):
         values = csv_typed(values)
     return column_values(values)
 
@@ -128,7 +144,8 @@ def densify_codes(user_vals: pd.Series, ucodes: np.ndarray, item_vals: pd.Series
     user_raw = _sorted_ids(pd.Index(pd.unique(user_vals[user_used])))
     user_lut = pd.Index(user_raw).get_indexer(user_vals).astype(np.int64)
     item_lut = pd.Index(item_raw).get_indexer(item_vals).astype(np.int64)
-    out = pd.DataFrame({"user_id": user_lut[ucodes], "item_id": item_lut[icodes], "timestamp": ts})
+    # copy=False: three separate int64 columns, no consolidated 2-D copy of the log
+    out = pd.DataFrame({"user_id": user_lut[ucodes], "item_id": item_lut[icodes], "timestamp": ts}, copy=False)
     titles = items.set_index("item_id")["title"].reindex(item_raw).to_numpy()
     new_items = pd.DataFrame({"item_id": np.arange(len(item_raw), dtype=np.int64), "title": titles})
     maps = {

@@ -279,15 +279,18 @@ def check_utf8_file(path: Path) -> None:
     """`check_utf8` over a file of any size, block by block (lines keep their numbers)."""
     lines = 0
     for block in _line_blocks(path, READ_CHUNK_BYTES):
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = lines + block.count(b"\n", 0, err.start) + 1
-            col = err.start - (block.rfind(b"\n", 0, err.start) + 1) + 1
-            raise DataPrepError(
-                f"{path}, line {line}, column {col}: byte 0x{block[err.start]:02x} is not UTF-8; "
-                "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-            ) from None
+        try:  # Arrow validates fast; Python's decode then finds the place
+            pa.array([block], pa.large_binary()).cast(pa.large_string())
+        except pa.ArrowInvalid:
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = lines + block.count(b"\n", 0, err.start) + 1
+                col = err.start - (block.rfind(b"\n", 0, err.start) + 1) + 1
+                raise DataPrepError(
+                    f"{path}, line {line}, column {col}: byte 0x{block[err.start]:02x} is not UTF-8; "
+                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
         lines += block.count(b"\n")
 
 
@@ -308,13 +311,21 @@ def _check_columns(path: Path, names: list[str], required: tuple[str, ...]) -> N
             )
 
 
-def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()
+class TypedReadFailed(Exception):
+    """A CSV column read as int64 (its first block held integers) has a value that is not."""
+
+
+def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
+                int_columns: tuple[str, ...] = (), check_utf8: bool = True
                 ) -> tuple[str, list[str], Iterator[pa.Table]]:
     """Open a table for reading in chunks: (kind, kept columns, iterator of Arrow tables).
 
     The file is checked (type, UTF-8, header, required columns) before this returns; parse errors
     later on are raised as one line too, and a file without rows raises at the end. CSV columns
-    stay text (`csv_typed` types a column's distinct values as a whole-file read would).
+    stay text (`csv_typed` types a column's distinct values as a whole-file read would), except
+    `int_columns` whose first block Arrow reads as int64: they are parsed as int64 (what a
+    whole-file read gives them when every value converts), and the iterator raises
+    `TypedReadFailed` at the first value that does not (read again without them).
     """
     kind, delim = table_kind(path)
     try:
@@ -324,13 +335,15 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
         else:
             if path.stat().st_size == 0:
                 raise pa.ArrowInvalid("empty file")
-            check_utf8_file(path)
+            if check_utf8:
+                check_utf8_file(path)
             if kind == "csv":
                 parse = pacsv.ParseOptions(delimiter=delim, quote_char='"' if delim == "," else False)
                 with pacsv.open_csv(path, parse_options=parse,
-                                    read_options=pacsv.ReadOptions(block_size=READ_CHUNK_BYTES),
+                                    read_options=pacsv.ReadOptions(block_size=min(READ_CHUNK_BYTES, 1 << 20)),
                                     convert_options=pacsv.ConvertOptions(**_CSV_CONVERT)) as probe:
                     names = probe.schema.names
+                    as_int = [c for c in int_columns if c in names and probe.schema.field(c).type == pa.int64()]
             else:
                 first = next(_line_blocks(path, READ_CHUNK_BYTES))
                 names = pajson.read_json(io.BytesIO(first)).column_names
@@ -347,11 +360,19 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
                     rows += batch.num_rows
                     yield pa.Table.from_batches([batch])
             elif kind == "csv":
-                convert = pacsv.ConvertOptions(include_columns=keep, column_types={c: pa.string() for c in keep},
-                                               **_CSV_CONVERT)
+                types = {c: pa.int64() if c in as_int else pa.string() for c in keep}
+                convert = pacsv.ConvertOptions(include_columns=keep, column_types=types, **_CSV_CONVERT)
                 with pacsv.open_csv(path, parse_options=parse, convert_options=convert,
                                     read_options=pacsv.ReadOptions(block_size=READ_CHUNK_BYTES)) as reader:
-                    for batch in reader:
+                    while True:
+                        try:
+                            batch = reader.read_next_batch()
+                        except StopIteration:
+                            break
+                        except pa.ArrowInvalid as err:
+                            if as_int and "conversion error to int64" in str(err):
+                                raise TypedReadFailed(str(err)) from None
+                            raise
                         rows += batch.num_rows
                         if batch.num_rows:
                             yield pa.Table.from_batches([batch])
@@ -381,16 +402,28 @@ def _type_family(t: pa.DataType) -> str:
 
 class ColumnCodes:
     """One column read in chunks, as int32 codes into its distinct values (in order of first
-    appearance in the file). Holds per chunk the codes and the chunk's Arrow dictionary."""
+    appearance in the file). Holds per chunk the codes and the chunk's Arrow dictionary.
 
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = path, name
+    `text=True` (CSV, read as text): a chunk whose values are all integers written plainly
+    ("12", not "012" or " 12") is coded as integers, which hashes faster; this loses nothing,
+    since such text is exactly `str(value)` (and `finish` turns it back if other chunks hold text).
+    """
+
+    def __init__(self, path: Path, name: str, text: bool = False):
+        self.path, self.name, self.text = path, name, text
         self.chunk_codes: list[np.ndarray] = []
         self.dicts: list[pa.Array] = []
 
     def add(self, col: pa.ChunkedArray | pa.Array) -> None:
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
+        if self.text and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            try:
+                ints = pc.cast(col, pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                ints = None
+            if ints is not None and pc.all(pc.equal(pc.cast(ints, col.type), col)).as_py() is not False:
+                col = ints
         enc = pc.dictionary_encode(col, null_encoding="encode")
         self.chunk_codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
         self.dicts.append(enc.dictionary)
@@ -400,6 +433,9 @@ class ColumnCodes:
         differ in type: numbers widen to float64 as a whole-file read would; numbers mixed with
         text is the same parse error a whole-file read gives."""
         families = {_type_family(d.type) for d in self.dicts} - {"null"}
+        if self.text and families == {"number", "text"}:  # plain integers back to their text
+            self.dicts = [d.cast(pa.string()) if _type_family(d.type) == "number" else d for d in self.dicts]
+            families = {"text"}
         if len(families) > 1:
             raise DataPrepError(
                 f"{self.path}: cannot parse (column {self.name} mixes {' and '.join(sorted(families))} "

@@ -50,9 +50,13 @@ def _run(tmp_path, inter_path, items_path, out, *extra):
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".jsonl"])
-@pytest.mark.parametrize("string_items", [False, True])
-def test_chunked_read_is_byte_identical(tmp_path, monkeypatch, suffix, string_items):
-    inter, items = _log(string_items)
+@pytest.mark.parametrize("ids", ["int_items", "text_items", "ints_then_text"])
+def test_chunked_read_is_byte_identical(tmp_path, monkeypatch, suffix, ids):
+    inter, items = _log(ids == "text_items")
+    if ids == "ints_then_text":  # CSV: the first block reads as integers, a later one does not
+        inter["user_id"] = [u.strip()[1:] if i < 100 else u for i, u in enumerate(inter["user_id"])]
+        if suffix in (".csv", ".tsv"):  # "007" is the integer 7 in a CSV column of integers
+            inter["item_id"] = [f"{i:03d}" if r % 3 == 0 else str(i) for r, i in enumerate(inter["item_id"])]
     ip, tp = tmp_path / f"inter{suffix}", tmp_path / "items.csv"
     _write(inter, ip)
     items.to_csv(tp, index=False)
@@ -66,7 +70,8 @@ def test_chunked_read_is_byte_identical(tmp_path, monkeypatch, suffix, string_it
         for name in whole:
             assert chunked[name] == whole[name], name
         meta = json.loads(whole["meta.json"])
-        assert meta["notes"].get("duplicate_rows_dropped", 0) > 0
+        if ids != "ints_then_text":  # (there the repeated rows' user ids changed form)
+            assert meta["notes"].get("duplicate_rows_dropped", 0) > 0
         assert json.loads(chunked["meta.json"])["fingerprint"] == meta["fingerprint"]
 
 
@@ -114,4 +119,22 @@ def test_jsonl_numbers_then_text_in_later_chunk(tmp_path, monkeypatch, capsys):
                  "--output-dir", str(out), "--num-candidates", "3", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot parse (column user_id mixes number and text values)" in err[0]
+    assert not out.exists()
+
+
+def test_non_utf8_byte_in_a_later_chunk(tmp_path, monkeypatch, capsys):
+    inter, items = _log(string_items=False)
+    ip, tp = tmp_path / "inter.csv", tmp_path / "items.csv"
+    _write(inter, ip)
+    items.to_csv(tp, index=False)
+    lines = ip.read_bytes().split(b"\n")
+    lines[60] = lines[60].replace(b"u", b"\xe9", 1)  # line 61 of the file
+    ip.write_bytes(b"\n".join(lines))
+    monkeypatch.setattr(tables, "READ_CHUNK_BYTES", 64)
+    out = tmp_path / "o"
+    assert main(["--dataset", "interactions", "--interactions", str(ip), "--items", str(tp),
+                 "--output-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    col = lines[60].index(b"\xe9") + 1
+    assert len(err) == 1 and f"{ip}, line 61, column {col}: byte 0xe9 is not UTF-8" in err[0], err
     assert not out.exists()
