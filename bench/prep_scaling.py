@@ -1,12 +1,15 @@
 """Time and peak memory of `python -m data_prep --dataset interactions` on synthetic logs.
 
-Usage: python bench/prep_scaling.py [--sizes 1000000 10000000] [--quick] [--sampler llara] [--storage ids|text]
+Usage: python bench/prep_scaling.py [--sizes 1000000 10000000] [--quick] [--format parquet|csv|jsonl]
+       [--sampler llara] [--storage ids|text]
 
 Each size runs in a fresh subprocess (so peak RSS is that run's own). Logs have about 50
 interactions per user and Zipf-like item popularity over `size / 500` items (at least 2,000);
-they are written as Parquet first (not timed). Prints one row per size: total seconds, seconds
-per million interactions (flat = linear scaling), peak RSS, output size, and seconds per stage
-(load, sequences+split, candidates, prompts, write).
+they are written first (not timed) as Parquet, or CSV / JSONL with --format. Prints one row per
+size: total seconds, seconds per million interactions (flat = linear scaling), peak RSS (the
+child's ru_maxrss: everything it held, Python and libraries included), output size, seconds per
+stage (load, sequences+split, candidates, prompts, write), and the peak RSS sampled in each
+phase (load, sequences, and the loop that draws candidates and writes).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 STAGES = ("load", "sequences", "candidates", "prompts", "write")
+PHASES = ("load", "sequences", "loop")  # loop: candidates, prompts and write, chunk by chunk
 
 
 def make_log(n: int, folder: Path, seed: int = 0, fmt: str = "parquet") -> tuple[Path, Path]:
@@ -63,14 +68,40 @@ def run_one(ip: Path, tp: Path, out: Path, sampler: str, storage: str = "ids") -
         "--output-dir", str(out), "--overwrite", "--quiet", "--candidate-sampler", sampler, "--storage", storage,
     ])
     timings: dict = {}
+    # Which phase holds the peak: a thread samples RSS every 20 ms and files it under the phase
+    # running: load, sequences, or the loop that draws candidates and writes (its stages alternate).
+    stage_peak: dict = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            running = "load" if "load" not in timings else "sequences" if "sequences" not in timings else "loop"
+            stage_peak[running] = max(stage_peak.get(running, 0.0), _rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     meta = build(args, timings=timings)
     total = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     examples = sum(s["examples"] for s in meta["counts"]["splits"].values())
     out_gb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e9
     return {"seconds": total, "peak_mb": peak_mb, "examples": examples, "stages": timings,
-            "out_gb": out_gb}
+            "out_gb": out_gb, "stage_peak_mb": stage_peak}
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def main() -> None:
@@ -104,7 +135,8 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{n:>13,} {r['examples']:>11,} {r['seconds']:>8.1f} {r['seconds'] / n * 1e6:>9.1f} "
-              f"{r['peak_mb']:>8.0f} {r['out_gb']:>7.2f}  " + " ".join(f"{r['stages'].get(s, 0):>10.1f}" for s in STAGES))
+              f"{r['peak_mb']:>8.0f} {r['out_gb']:>7.2f}  " + " ".join(f"{r['stages'].get(s, 0):>10.1f}" for s in STAGES)
+              + "   peak MB: " + ", ".join(f"{s} {r['stage_peak_mb'].get(s, 0):.0f}" for s in PHASES))
         if not a.keep:
             for f in (ip, tp):
                 f.unlink()

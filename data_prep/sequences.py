@@ -133,11 +133,16 @@ def split_examples(ex: Examples, method: str, seed: int, *, n_users: int, from_e
 
 def split_windows(user: np.ndarray, item: np.ndarray, ts: np.ndarray, method: str, seed: int,
                   min_history: int, max_history: int) -> dict[str, Examples]:
-    """Sorted interactions -> examples per split, gathering each history once."""
+    """Sorted interactions -> examples per split, gathering each history once (user ids, targets
+    and histories as int32 when the ids fit)."""
     n_users = int(user.max()) + 1 if len(user) else 0
     pos, h_start, from_end = window_index(user, min_history, max_history)
     label = split_labels(method, seed, n_users=n_users, user=user[pos], from_end=from_end,
                          target_time=ts[pos], all_times=ts)
+    del from_end
+    # Ids that fit are gathered as int32: the histories are the largest arrays of a run.
+    if len(user) and max(int(user.max()), int(item.max())) < np.iinfo(np.int32).max:
+        user, item = user.astype(np.int32), item.astype(np.int32)
     out = {}
     for i, name in enumerate(SPLITS):
         rows = np.flatnonzero(label == i)
