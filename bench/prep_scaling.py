@@ -7,7 +7,7 @@ Each size runs in a fresh subprocess (so peak RSS is that run's own). Logs have 
 interactions per user and Zipf-like item popularity over `size / 500` items (at least 2,000);
 they are written first (not timed) as Parquet, or CSV / JSONL with --format. Prints one row per
 size: total seconds, seconds per million interactions (flat = linear scaling), peak RSS (the
-child's ru_maxrss: everything it held, Python and libraries included), output size, seconds per
+child's VmHWM: everything it held, Python and libraries included), output size, seconds per
 stage (load, sequences+split, candidates, prompts, write), and the peak RSS sampled in each
 phase (load, sequences, and the loop that draws candidates and writes).
 """
@@ -85,23 +85,31 @@ def run_one(ip: Path, tp: Path, out: Path, sampler: str, storage: str = "ids") -
     total = time.perf_counter() - t0
     done.set()
     sampler.join()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own high-water mark. (ru_maxrss would do on a fresh process, but
+    # Linux carries it over from the parent through fork and exec: the parent that generated the
+    # log, a few GB for JSONL, would show up as this run's peak.)
+    peak_mb = _proc_status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     examples = sum(s["examples"] for s in meta["counts"]["splits"].values())
     out_gb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e9
     return {"seconds": total, "peak_mb": peak_mb, "examples": examples, "stages": timings,
             "out_gb": out_gb, "stage_peak_mb": stage_peak}
 
 
-def _rss_mb() -> float:
-    """Resident memory of this process now (Linux /proc; 0 elsewhere)."""
+def _proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status in MB (Linux; 0 elsewhere)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now."""
+    return _proc_status_mb("VmRSS")
 
 
 def main() -> None:

@@ -101,9 +101,11 @@ class LlaraSampler:
     """The LLaRA protocol, exact, for a stream of example chunks.
 
     The indices `random.sample` draws depend only on the seed (the target) and the pool size, and
-    the shuffle only on the target; so Python's `random` runs once per distinct
-    (target, pool size) pair and once per distinct target, and everything else is numpy.
-    Results are cached across chunks in sorted key arrays.
+    the shuffle only on the target; so both are made once per distinct (target, pool size) pair,
+    by replaying `random` in numpy from each target's first Mersenne Twister words (`mt_words`,
+    `replay_sample`, `replay_shuffle`; Python's `random` itself for pools small enough for
+    `random.sample`'s other branch). Draws are cached across chunks in sorted key arrays, already
+    in shuffled order; everything per row is numpy.
     """
 
     def __init__(self, catalogue: np.ndarray, num_candidates: int, max_history: int):
