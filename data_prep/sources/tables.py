@@ -345,7 +345,8 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
                     names = probe.schema.names
                     as_int = [c for c in int_columns if c in names and probe.schema.field(c).type == pa.int64()]
             else:
-                first = next(_line_blocks(path, READ_CHUNK_BYTES))
+                # the column names from the first lines (each chunk is checked again when read)
+                first = next(_line_blocks(path, min(READ_CHUNK_BYTES, 1 << 20)))
                 names = pajson.read_json(io.BytesIO(first)).column_names
     except (pa.ArrowInvalid, OSError) as err:
         raise _parse_error(path, err, required) from None
