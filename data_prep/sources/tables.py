@@ -279,19 +279,25 @@ def check_utf8_file(path: Path) -> None:
     """`check_utf8` over a file of any size, block by block (lines keep their numbers)."""
     lines = 0
     for block in _line_blocks(path, READ_CHUNK_BYTES):
-        try:  # Arrow validates fast; Python's decode then finds the place
-            pa.array([block], pa.large_binary()).cast(pa.large_string())
-        except pa.ArrowInvalid:
-            try:
-                block.decode("utf-8")
-            except UnicodeDecodeError as err:
-                line = lines + block.count(b"\n", 0, err.start) + 1
-                col = err.start - (block.rfind(b"\n", 0, err.start) + 1) + 1
-                raise DataPrepError(
-                    f"{path}, line {line}, column {col}: byte 0x{block[err.start]:02x} is not UTF-8; "
-                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-        lines += block.count(b"\n")
+        lines = _check_utf8_block(path, block, lines)
+
+
+def _check_utf8_block(path: Path, block: bytes, lines: int) -> int:
+    """Raise at the first non-UTF-8 byte of `block` (whole lines, `lines` lines before it);
+    returns the line count after it."""
+    try:  # Arrow validates fast; Python's decode then finds the place
+        pa.array([block], pa.large_binary()).cast(pa.large_string())
+    except pa.ArrowInvalid:
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = lines + block.count(b"\n", 0, err.start) + 1
+            col = err.start - (block.rfind(b"\n", 0, err.start) + 1) + 1
+            raise DataPrepError(
+                f"{path}, line {line}, column {col}: byte 0x{block[err.start]:02x} is not UTF-8; "
+                "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+    return lines + block.count(b"\n")
 
 
 def _parse_error(path: Path, err: Exception, required: tuple[str, ...]) -> DataPrepError:
@@ -335,7 +341,7 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
         else:
             if path.stat().st_size == 0:
                 raise pa.ArrowInvalid("empty file")
-            if check_utf8:
+            if check_utf8 and kind == "csv":  # (JSONL: each block as it is parsed)
                 check_utf8_file(path)
             if kind == "csv":
                 parse = pacsv.ParseOptions(delimiter=delim, quote_char='"' if delim == "," else False)
@@ -347,6 +353,7 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
             else:
                 # the column names from the first lines (each chunk is checked again when read)
                 first = next(_line_blocks(path, min(READ_CHUNK_BYTES, 1 << 20)))
+                _check_utf8_block(path, first, 0)
                 names = pajson.read_json(io.BytesIO(first)).column_names
     except (pa.ArrowInvalid, OSError) as err:
         raise _parse_error(path, err, required) from None
@@ -378,7 +385,9 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
                         if batch.num_rows:
                             yield pa.Table.from_batches([batch])
             else:
+                lines = 0
                 for block in _line_blocks(path, READ_CHUNK_BYTES):
+                    lines = _check_utf8_block(path, block, lines)
                     table = pajson.read_json(io.BytesIO(block))
                     _check_columns(path, table.column_names, required)
                     rows += table.num_rows

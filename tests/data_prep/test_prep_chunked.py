@@ -122,19 +122,21 @@ def test_jsonl_numbers_then_text_in_later_chunk(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
-def test_non_utf8_byte_in_a_later_chunk(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("line", [2, 61])
+def test_non_utf8_byte_in_a_later_chunk(tmp_path, monkeypatch, capsys, suffix, line):
     inter, items = _log(string_items=False)
-    ip, tp = tmp_path / "inter.csv", tmp_path / "items.csv"
+    ip, tp = tmp_path / f"inter{suffix}", tmp_path / "items.csv"
     _write(inter, ip)
     items.to_csv(tp, index=False)
     lines = ip.read_bytes().split(b"\n")
-    lines[60] = lines[60].replace(b"u", b"\xe9", 1)  # line 61 of the file
+    lines[line - 1] = lines[line - 1].replace(b"u", b"\xe9", 1)
     ip.write_bytes(b"\n".join(lines))
     monkeypatch.setattr(tables, "READ_CHUNK_BYTES", 64)
     out = tmp_path / "o"
     assert main(["--dataset", "interactions", "--interactions", str(ip), "--items", str(tp),
                  "--output-dir", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    col = lines[60].index(b"\xe9") + 1
-    assert len(err) == 1 and f"{ip}, line 61, column {col}: byte 0xe9 is not UTF-8" in err[0], err
+    col = lines[line - 1].index(b"\xe9") + 1
+    assert len(err) == 1 and f"{ip}, line {line}, column {col}: byte 0xe9 is not UTF-8" in err[0], err
     assert not out.exists()
