@@ -118,13 +118,13 @@ def chunk_table(ex: Examples, start: int, stop: int, cands: np.ndarray, titles: 
     """
     m = stop - start
     offs = ex.hist_offsets[start:stop + 1]
-    hist = _list_array(offs - offs[0], pa.array(ex.hist_values[offs[0]:offs[-1]]))
+    hist = _list_array(offs - offs[0], pa.array(ex.hist_values[offs[0]:offs[-1]], pa.int64()))
     tgt = ex.target[start:stop]
     columns = {
         "user_id": pa.array(ex.user_id[start:stop], pa.int64()),
         "history": hist,
         "target": pa.array(tgt, pa.int64()),
-        "candidates": _list_array(np.arange(m + 1) * num_candidates, pa.array(cands.reshape(-1))),
+        "candidates": _list_array(np.arange(m + 1) * num_candidates, pa.array(cands.reshape(-1), pa.int64())),
     }
     if storage == "text":
         columns.update(render.text_columns(hist, np.asarray(tgt, np.int64), cands, titles, names, templates, choice))

@@ -14,6 +14,7 @@ Samplers
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -27,25 +28,28 @@ def _excluded(hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndar
               catalogue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row sorted, de-duplicated catalogue positions that may not be negatives.
 
-    Returns `ex [N, W]` (int64, padded with a huge value) and `n_ex [N]`, where W = longest
-    history + 1. Positions index into `catalogue` (sorted item ids).
+    Returns `ex [N, W]` (int32 for catalogues below 2**31 items, else int64; padded with the
+    dtype's largest value) and `n_ex [N]`, where W = longest history + 1. Positions index into
+    `catalogue` (sorted item ids).
     """
     n = len(target)
     lengths = np.diff(hist_offsets)
     width = int(lengths.max(initial=0)) + 1
-    big = np.iinfo(np.int64).max // 4
-    ex = np.full((n, width), big, dtype=np.int64)
+    dtype = np.int32 if len(catalogue) < np.iinfo(np.int32).max else np.int64
+    big = np.iinfo(dtype).max
+    ex = np.full((n, width), big, dtype=dtype)
     ex[:, 0] = positions(catalogue, target)
     if len(hist_values):
         row = np.repeat(np.arange(n), lengths)
-        col = np.arange(len(hist_values)) - np.repeat(hist_offsets[:-1], lengths) + 1
+        col = np.arange(1, len(hist_values) + 1) - (hist_offsets[:-1] - hist_offsets[0])[row]
         ex[row, col] = positions(catalogue, hist_values)
     ex.sort(axis=1)
     # Duplicates (an item twice in the history, or the target in its own history) count once.
     dup = np.zeros_like(ex, dtype=bool)
     dup[:, 1:] = ex[:, 1:] == ex[:, :-1]
-    ex[dup] = big
-    ex.sort(axis=1)
+    if dup.any():
+        ex[dup] = big
+        ex.sort(axis=1)
     n_ex = (ex < big).sum(axis=1)
     return ex, n_ex
 
@@ -61,10 +65,25 @@ def _pool_to_position(j: np.ndarray, ex: np.ndarray) -> np.ndarray:
     """Map index `j [N, K]` into each row's pool (catalogue minus `ex`, in order) to positions.
 
     With excluded positions e_0 < e_1 < ... the pool skips each; the number of excluded positions
-    before pool element j is #{i : e_i - i <= j}.
+    before pool element j is #{i : e_i - i <= j}. Returns int64 positions.
     """
-    adj = ex - np.arange(ex.shape[1])  # [N, W], non-decreasing per row
-    return j + (adj[:, None, :] <= j[:, :, None]).sum(axis=2)
+    top = int(j.max(initial=-1))
+    small = top < np.iinfo(np.int32).max - ex.shape[1]  # int32 halves the memory traffic
+    jj = j.astype(np.int32) if small else j.astype(np.int64)
+    # Counted one [N, K] comparison per excluded column (cheaper than an [N, K, W] array), into
+    # a byte counter; padding columns (every row past its exclusions) end the loop.
+    count = np.zeros(j.shape, dtype=np.uint8 if ex.shape[1] < 256 else np.int32)
+    hit = np.empty(j.shape, dtype=bool)
+    for col in range(ex.shape[1]):
+        a = ex[:, col].astype(np.int64) - col
+        if not (a <= top).any():
+            break
+        np.less_equal(np.minimum(a, top + 1).astype(jj.dtype)[:, None], jj, out=hit)
+        if count.dtype == np.uint8:
+            count += hit.view(np.uint8)
+        else:
+            count += hit
+    return jj.astype(np.int64) + count
 
 
 def check_pool_size(n_items: int, n_ex: np.ndarray, num_candidates: int, split: str) -> None:
@@ -82,9 +101,11 @@ class LlaraSampler:
     """The LLaRA protocol, exact, for a stream of example chunks.
 
     The indices `random.sample` draws depend only on the seed (the target) and the pool size, and
-    the shuffle only on the target; so Python's `random` runs once per distinct
-    (target, pool size) pair and once per distinct target, and everything else is numpy.
-    Results are cached across chunks in sorted key arrays.
+    the shuffle only on the target; so both are made once per distinct (target, pool size) pair,
+    by replaying `random` in numpy from each target's first Mersenne Twister words (`mt_words`,
+    `replay_sample`, `replay_shuffle`; Python's `random` itself for pools small enough for
+    `random.sample`'s other branch). Draws are cached across chunks in sorted key arrays, already
+    in shuffled order; everything per row is numpy.
     """
 
     def __init__(self, catalogue: np.ndarray, num_candidates: int, max_history: int):
@@ -93,7 +114,8 @@ class LlaraSampler:
         self.k = num_candidates - 1
         self.width = max_history + 2  # n_excluded is in 1..max_history+1
         self.keys = np.zeros(0, dtype=np.int64)
-        self.draws = np.zeros((0, self.k), dtype=np.int64)
+        # Per key: the drawn pool indices already in shuffled order, -1 where the target goes.
+        self.draws = np.zeros((0, self.c), dtype=np.int32 if len(catalogue) < 2**31 - 1 else np.int64)
         self.perm = np.zeros((len(catalogue), num_candidates), dtype=np.int16)
         self.has_perm = np.zeros(len(catalogue), dtype=bool)
         self.rng = random.Random()
@@ -104,22 +126,44 @@ class LlaraSampler:
             return
         rows = np.empty((len(new), self.k), dtype=np.int64)
         n_items = len(self.catalogue)
-        for r, key in enumerate(new.tolist()):
-            tpos, n_ex = divmod(key, self.width)
-            self.rng.seed(int(self.catalogue[tpos]))
-            rows[r] = self.rng.sample(range(n_items - n_ex), self.k)
+        tpos, n_ex = np.divmod(new, self.width)
+        pool = n_items - n_ex
+        done = np.zeros(len(new), dtype=bool)
+        # Pools larger than random.sample's set-size threshold take its rejection branch, which
+        # numpy replays from the raw Mersenne Twister words (see mt_words / replay_sample).
+        big = np.flatnonzero(pool > _sample_setsize(self.k))
+        for a in range(0, len(big), _REPLAY_ROWS):
+            part = big[a:a + _REPLAY_ROWS]
+            seeds, inverse = np.unique(tpos[part], return_inverse=True)
+            words = mt_words(self.rng, self.catalogue[seeds].tolist(), _words_for(self.k))
+            got, ok = replay_sample(words[inverse], pool[part], self.k)
+            rows[part[ok]] = got[ok]
+            done[part[ok]] = True
+        for r in np.flatnonzero(~done).tolist():  # small pools, or a stream too short: Python
+            self.rng.seed(int(self.catalogue[tpos[r]]))
+            rows[r] = self.rng.sample(range(int(pool[r])), self.k)
+        # Apply each target's shuffle now, so a lookup gives the final order.
+        self._fill_perm(tpos)
+        unshuffled = np.concatenate([rows, np.full((len(new), 1), -1, dtype=np.int64)], axis=1)
+        shuffled = np.take_along_axis(unshuffled, self.perm[tpos].astype(np.int64), axis=1)
         keys_all = np.concatenate([self.keys, new])
         order = np.argsort(keys_all, kind="stable")
         self.keys = keys_all[order]
-        self.draws = np.concatenate([self.draws, rows])[order]
+        self.draws = np.concatenate([self.draws, shuffled.astype(self.draws.dtype)])[order]
 
     def _fill_perm(self, tpos: np.ndarray) -> None:
-        for p in np.unique(tpos[~self.has_perm[tpos]]).tolist():
+        todo = np.unique(tpos[~self.has_perm[tpos]])
+        if not len(todo):
+            return
+        words = mt_words(self.rng, self.catalogue[todo].tolist(), _words_for(self.c))
+        perm, ok = replay_shuffle(words, self.c)
+        self.perm[todo[ok]] = perm[ok]
+        for p in todo[~ok].tolist():  # a stream too short (rare): Python
             order = list(range(self.c))
             self.rng.seed(int(self.catalogue[p]))
             self.rng.shuffle(order)
             self.perm[p] = order
-            self.has_perm[p] = True
+        self.has_perm[todo] = True
 
     def __call__(self, hist_offsets: np.ndarray, hist_values: np.ndarray, target: np.ndarray,
                  desc: str = "candidates") -> np.ndarray:
@@ -133,11 +177,11 @@ class LlaraSampler:
         tpos = positions(self.catalogue, target)
         keys = tpos * self.width + n_ex
         self._fill(np.unique(keys))
-        self._fill_perm(tpos)
-        idx = self.draws[np.searchsorted(self.keys, keys)]
-        neg = self.catalogue[_pool_to_position(idx, ex)]
-        unshuffled = np.concatenate([neg, target[:, None]], axis=1)
-        return np.take_along_axis(unshuffled, self.perm[tpos].astype(np.int64), axis=1)
+        idx = self.draws[np.searchsorted(self.keys, keys)]  # [N, C], -1 at the target's slot
+        out = self.catalogue[_pool_to_position(idx, ex)]
+        slot = idx < 0
+        out[slot] = target  # row-major order: one True per row, rows in order
+        return out
 
 
 def _draw_distinct(rng: np.random.Generator, pool_size: np.ndarray, k: int,
@@ -217,3 +261,96 @@ class NumpySampler:
         order = np.where(order < slot[:, None], order, order - 1)
         order[np.arange(n), slot] = k
         return np.take_along_axis(rows, order, axis=1)
+
+
+# --- Replaying Python's `random` in numpy -------------------------------------------------------
+# After `random.seed(s)`, `getrandbits(k)` (k <= 32) is the next 32-bit Mersenne Twister word
+# shifted right by 32 - k, and `_randbelow(n)` repeats `getrandbits(n.bit_length())` until the value
+# is below n. `random.sample(range(n), k)` with n above a set-size threshold takes k such values,
+# redrawing any already taken; `random.shuffle` swaps x[i] with x[randbelow(i + 1)] for
+# i = len - 1 .. 1. Given the first words of each seed's stream (one `getrandbits(32 * m)` call),
+# both are computed for many seeds at once. The tests check them against `random` itself.
+
+_REPLAY_ROWS = 1 << 15  # keys replayed per batch (bounds the [rows, words] temporaries)
+
+
+def _sample_setsize(k: int) -> int:
+    """`random.sample` keeps a pool list (swap branch) when n <= this, a set otherwise."""
+    setsize = 21
+    if k > 5:
+        setsize += 4 ** math.ceil(math.log(k * 3, 4))
+    return setsize
+
+
+def _words_for(k: int) -> int:
+    """Stream words fetched per seed: k values at <= 2 words each on average, plus slack."""
+    return 4 * k + 32
+
+
+def mt_words(rng: random.Random, seeds: list[int], m: int) -> np.ndarray:
+    """uint32 [len(seeds), m]: the first m words of `random.seed(s)`'s stream, per seed."""
+    chunks = []
+    for s in seeds:
+        rng.seed(s)
+        chunks.append(rng.getrandbits(32 * m).to_bytes(4 * m, "little"))
+    return np.frombuffer(b"".join(chunks), dtype="<u4").reshape(len(seeds), m)
+
+
+def _bit_length(n: np.ndarray) -> np.ndarray:
+    bits = np.zeros(n.shape, dtype=np.int64)
+    for b in range(64):
+        bits += (n >> b) > 0
+    return bits
+
+
+def replay_sample(words: np.ndarray, n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`random.sample(range(n_r), k)` per row (set branch: n_r above `_sample_setsize(k)`).
+
+    Returns (values [R, k] int64, ok [R]): ok is False where the words ran out before k distinct
+    values below n_r came up (the caller then asks `random` itself).
+    """
+    r_count, m = words.shape
+    shift = 32 - _bit_length(n)
+    vals = words.astype(np.int64) >> shift[:, None]
+    accepted = vals < n[:, None]
+    # Rejected words get distinct sentinels (>= n) so they never look like repeats.
+    key = np.where(accepted, vals, n[:, None] + np.arange(m))
+    order = np.argsort(key, axis=1, kind="stable")  # stable: the earliest repeat sorts first
+    srt = np.take_along_axis(key, order, axis=1)
+    first_sorted = np.ones((r_count, m), dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    keep = np.zeros((r_count, m), dtype=bool)
+    np.put_along_axis(keep, order, first_sorted, axis=1)
+    keep &= accepted
+    ok = keep.sum(axis=1) >= k
+    where = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # the first k kept, in stream order
+    return np.take_along_axis(vals, where, axis=1), ok
+
+
+def replay_shuffle(words: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation `random.shuffle(list(range(c)))` makes, per row. Returns (perm [R, c],
+    ok [R]); ok is False where the words ran out."""
+    r_count, m = words.shape
+    perm = np.broadcast_to(np.arange(c, dtype=np.int64), (r_count, c)).copy()
+    ptr = np.zeros(r_count, dtype=np.int64)
+    ok = np.ones(r_count, dtype=bool)
+    rows = np.arange(r_count)
+    w64 = words.astype(np.int64)
+    for i in range(c - 1, 0, -1):
+        shift = 32 - (i + 1).bit_length()
+        j = np.zeros(r_count, dtype=np.int64)
+        todo = rows
+        while len(todo):
+            ptr_t = ptr[todo]
+            short = ptr_t >= m
+            ok[todo[short]] = False
+            todo, ptr_t = todo[~short], ptr_t[~short]
+            val = w64[todo, ptr_t] >> shift
+            ptr[todo] = ptr_t + 1
+            good = val <= i
+            j[todo[good]] = val[good]
+            todo = todo[~good]
+        a = perm[:, i].copy()
+        perm[:, i] = perm[rows, j]
+        perm[rows, j] = a
+    return perm, ok

@@ -25,6 +25,8 @@ class Examples:
 
     user_id [N] int64, target [N] int64, hist_offsets [N + 1] int64 (history of row i is
     hist_values[hist_offsets[i]:hist_offsets[i + 1]], oldest first), hist_values [M] int64.
+    (`sequences.split_windows` gives user_id, target and hist_values as int32 when the ids fit;
+    the output columns are int64 either way.)
     """
 
     user_id: np.ndarray

@@ -111,3 +111,50 @@ def test_pool_too_small_is_an_error():
     offsets, values = _flat([list(range(5))])
     with pytest.raises(DataPrepError, match="only 6 items outside its history"):
         LlaraSampler(catalogue, 10, 10)(offsets, values, np.array([11]))
+
+
+def test_replayed_random_equals_python_random():
+    """The numpy replay of random.sample / random.shuffle from raw Mersenne Twister words gives
+    Python's own results, around powers of two too; rows whose words run out are flagged."""
+    from data_prep.candidates import _sample_setsize, mt_words, replay_sample, replay_shuffle
+
+    rng = random.Random()
+    seeds = [0, 1, 7, 2**31 + 5, 2**40 + 3, *range(100, 160)]
+    for k in (1, 5, 19, 40):
+        sizes = [_sample_setsize(k) + 1, 512, 513, 1023, 1024, 1025, 3000, 2**20 + 1]
+        for m in (k + 2, 4 * k + 32):  # a short stream makes some rows fall back
+            words = mt_words(rng, seeds, m)
+            for n in sizes:
+                got, ok = replay_sample(words, np.full(len(seeds), n), k)
+                for s, row, good in zip(seeds, got.tolist(), ok.tolist(), strict=True):
+                    random.seed(s)
+                    want = random.sample(range(n), k)
+                    if good:
+                        assert row == want, (k, m, n, s)
+                if m > k + 2:
+                    assert ok.all()
+    for c in (2, 3, 20, 33):
+        words = mt_words(rng, seeds, 4 * c + 32)
+        perm, ok = replay_shuffle(words, c)
+        assert ok.all()
+        for s, row in zip(seeds, perm.tolist(), strict=True):
+            want = list(range(c))
+            random.seed(s)
+            random.shuffle(want)
+            assert row == want
+    _, ok = replay_shuffle(mt_words(rng, seeds, 3), 20)
+    assert not ok.all()
+
+
+def test_llara_with_short_streams_falls_back_to_python(monkeypatch):
+    """Rows whose replay runs out of words are drawn by `random` itself: same lists."""
+    import data_prep.candidates as cand
+
+    monkeypatch.setattr(cand, "_words_for", lambda k: k + 3)
+    rng = np.random.default_rng(5)
+    catalogue = np.arange(600, dtype=np.int64)
+    hist, tgt = _random_examples(rng, 150, catalogue)
+    offsets, values = _flat(hist)
+    got = cand.LlaraSampler(catalogue, 20, 10)(offsets, values, tgt)
+    want = [_literal_llara(h, int(t), catalogue.tolist(), 19) for h, t in zip(hist, tgt, strict=True)]
+    assert got.tolist() == want
