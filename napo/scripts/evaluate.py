@@ -46,7 +46,7 @@ def main(argv=None) -> int:
                 Path(args.output).write_text(table + "\n")
                 # Runs that share a name (--names) are seeds of one method: mean +- s.e. in the figure.
                 figure = plot_methods(summarize_runs(args.compare, args.names), Path(args.output).with_suffix(".png"))
-                print(f"figure: {figure}")
+                print(f"figure: {figure}", file=sys.stderr)
             return 0
         # Data first: a wrong directory or split fails in a second, before a large model loads.
         rows, items, meta = load_split(args.dataset_dir, args.split, args.max_examples, args.sample_seed)
