@@ -22,7 +22,7 @@ def _cell(values: list[float], digits: int = 4) -> str:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
