@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from napo.eval.metrics import ranking_metrics
 from napo.recsys.data import load_dataset_dir
@@ -72,3 +75,18 @@ def test_config_rejects_unknown_keys():
         RecConfig.from_dict({"hiden": 3})
     with pytest.raises(ValueError, match="unknown loss"):
         RecConfig.from_dict({"loss": "bpr"})
+
+
+SEQ_CONFIGS = sorted(p for pattern in ("sasrec*.yaml", "gru4rec*.yaml", "caser*.yaml")
+                     for p in (Path(__file__).parents[2] / "recipes" / "configs").glob(f"*/{pattern}"))
+
+
+@pytest.mark.parametrize("path", SEQ_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_sequential_configs_load_and_build(path):
+    cfg = RecConfig.from_dict(yaml.safe_load(path.read_text()))
+    assert cfg.model == {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}[path.stem.split("-")[0]]
+    model = make_model(cfg, 50)
+    # a full-ranking config must select on the full protocol (Amazon: no candidate lists)
+    if path.parent.name in ("beauty", "sports"):
+        assert cfg.select_protocol == "full" and cfg.all_positions and model.supports_all_positions
+    assert model(torch.zeros(2, cfg.max_len, dtype=torch.long)).shape == (2, 50)
