@@ -1,4 +1,4 @@
-"""Summarise a study directory of recsys runs into one markdown table (mean +- std over seeds).
+"""Summarise a study directory of recsys runs into one markdown table (mean +- sample std over seeds).
 
 Layout read: ROOT/<dataset>/<model>/seed<k>/{metrics.json,spread.json} as written by
 recipes/recsys.py (metrics.json) and bench/diffusion_spread.py (spread.json).
