@@ -24,6 +24,7 @@ from napo.eval.matching import CONTAINED, EXACT, match_answer
 from napo.eval.metrics import (
     BAND_NAMES,
     DEFAULT_KS,
+    FULL_KS,
     gini,
     metrics_from_ranks,
     popularity_bands,
@@ -57,6 +58,22 @@ def rank_results(
         for i in range(len(ranks))
     ]
     return metrics, predictions
+
+
+def full_results(
+    ranks, top_items, targets, train_counts=None,
+    ks: Sequence[int] = FULL_KS, pop_ks: Sequence[int] = POP_KS,
+) -> dict[str, float]:
+    """The full-catalogue section (recommenders' `full/...` keys and the LLM's "full" section).
+
+    ranks [N] pessimistic 1-based ranks over the catalogue (`full_ranks`); top_items [N, R] item
+    ids best first (`top_items`, R >= max(pop_ks)); targets [N]; train_counts [num_items] or None.
+    Returns hr@k, ndcg@k, mrr and, with train_counts, the popularity report of the top lists.
+    """
+    out = metrics_from_ranks(ranks, ks)
+    if train_counts is not None:
+        out.update(popularity_report(top_items, targets, train_counts, pop_ks))
+    return out
 
 
 def generate_results(
