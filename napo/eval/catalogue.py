@@ -86,9 +86,11 @@ class ItemTokenCatalogue:
 
 
 def catalogue_completions(tokenizer, prompts: Sequence[str], texts: Sequence[str], *, prefix: str = "",
-                          max_prompt_length: int | None = None, tail_chars: int = 24) -> list[dict]:
+                          max_prompt_length: int | None = None, tail_chars: int = 24,
+                          cache: dict | None = None) -> list[dict]:
     """Per prompt, the ids `tokenize_listwise(tokenizer, [prompt], [[prefix + t for t in texts]])`
-    gives: ``{"prompt_ids", "completion_ids"}`` (title + EOS per text, in `texts` order).
+    gives: ``{"prompt_ids", "completion_ids"}`` (text + EOS per text, in `texts` order), the prompt
+    then truncated from the left to ``max_prompt_length`` as the rank scorer does.
 
     Joint tokenization of every prompt with thousands of titles would cost more than the model.
     Only the end of a prompt can merge with a title, so the titles are tokenized once per distinct
@@ -96,10 +98,12 @@ def catalogue_completions(tokenizer, prompts: Sequence[str], texts: Sequence[str
     the tail hold for every prompt whose own tokens end with the tail's (checked per prompt; the
     tail's first token may be cut mid-word, so it is not compared). The first prompt of each tail
     is also tokenized in full and compared; a tail that differs, or a prompt that does not end
-    with its tail's tokens, is tokenized in full.
+    with its tail's tokens, is tokenized in full. Prompts of one tail share one completions list
+    (the same object, also across calls given the same ``cache`` dict, which is keyed by tail).
     """
     completions = [prefix + t for t in texts]
-    out, cache = [], {}
+    cache = {} if cache is None else cache
+    out = []
     alone_all = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     for prompt, alone in zip(prompts, alone_all, strict=True):
         tail = prompt[-tail_chars:]
@@ -108,8 +112,8 @@ def catalogue_completions(tokenizer, prompts: Sequence[str], texts: Sequence[str
             tail_alone = tokenizer([tail], add_special_tokens=True)["input_ids"][0]
             keep = len(tail_alone) - len(row["prompt_ids"])  # tail tokens the titles take over
             entry = {"alone": tail_alone, "keep": keep, "completion_ids": row["completion_ids"], "exact": False}
-            full = _from_tail(alone, entry)
-            if full is None or tokenize_listwise(tokenizer, [prompt], [completions])[0] != full:
+            found = _from_tail(alone, entry)
+            if found is None or tokenize_listwise(tokenizer, [prompt], [completions])[0] != found:
                 entry["exact"] = True  # this tail's shortcut does not hold: tokenize such prompts in full
             cache[tail] = entry
         entry = cache[tail]
@@ -117,9 +121,10 @@ def catalogue_completions(tokenizer, prompts: Sequence[str], texts: Sequence[str
         if found is None:
             (found,) = tokenize_listwise(tokenizer, [prompt], [completions])
         out.append(found)
-    if max_prompt_length is not None:
-        out = [tokenize_listwise(tokenizer, [r["prompt_ids"]], [r["completion_ids"]],
-                                 max_prompt_length=max_prompt_length)[0] for r in out]
+    if max_prompt_length is not None:  # token inputs: the prompt truncated as tokenize_listwise does
+        cut = tokenize_listwise(tokenizer, [r["prompt_ids"] for r in out], [[[0]]] * len(out),
+                                max_prompt_length=max_prompt_length)
+        out = [{"prompt_ids": c["prompt_ids"], "completion_ids": r["completion_ids"]} for c, r in zip(cut, out, strict=True)]
     return out
 
 
@@ -154,6 +159,8 @@ class TitleCatalogue:
         self.pad_token_id = pad
         self.tokens_scored = 0  # prompt + completion tokens fed to the model (cost report)
         self.forwards = 0
+        self.rows_scored = 0
+        self._tails: dict = {}  # catalogue_completions' cache, kept across batches
 
     @property
     def num_items(self) -> int:
@@ -164,7 +171,9 @@ class TitleCatalogue:
         """[n, num_items] (or [n, K] for `item_ids` [n, K]) float32 log-likelihoods on the CPU."""
         prompts = list(batch["prompt"])
         rows = catalogue_completions(self.tokenizer, prompts, [self.texts[i] for i in self.ids],
-                                     prefix=self.prefix, max_prompt_length=self.max_prompt_length)
+                                     prefix=self.prefix, max_prompt_length=self.max_prompt_length,
+                                     cache=self._tails)
+        self.rows_scored += len(prompts)
         position = {item: k for k, item in enumerate(self.ids)}
         wanted = [self.ids] * len(prompts) if item_ids is None else item_ids.tolist()
         out = torch.full((len(prompts), len(wanted[0])), -torch.inf)
@@ -179,6 +188,12 @@ class TitleCatalogue:
             self.forwards += 1
             self.tokens_scored += int((collated["input_ids"] != self.pad_token_id).sum())
         return out if item_ids is not None else self._spread(out)
+
+    def cost(self) -> dict:
+        """What a row cost so far: model calls (one per chunk of a batch) and tokens fed."""
+        rows = max(self.rows_scored, 1)
+        return {"model_calls_per_row": self.forwards / rows, "tokens_per_row": self.tokens_scored / rows,
+                "chunk_size": self.chunk_size}
 
     def _spread(self, scores: torch.Tensor) -> torch.Tensor:
         full = torch.full((scores.shape[0], self.num_items), -torch.inf)
@@ -253,6 +268,9 @@ class Retrieval:
         self.first, self.second, self.top_n = first, second, top_n
         self.exclude_history = exclude_history
         self.name = f"{getattr(first, 'name', 'aux')} top {top_n} -> {getattr(second, 'name', 'LLM')}"
+
+    def cost(self) -> dict:
+        return {"retrieve_top": self.top_n, **(self.second.cost() if hasattr(self.second, "cost") else {})}
 
     @property
     def num_items(self) -> int:
