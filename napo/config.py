@@ -81,8 +81,10 @@ class NAPOConfig(DPOConfig):
         default="packed",
         metadata={
             "help": "'packed': prompt encoded once, all completions attend to it in one row; "
-            "'naive': one padded row per (prompt, completion). Both give the same log-probs.",
-            "choices": ["packed", "naive"],
+            "'naive': one padded row per (prompt, completion). Both give the same log-probs. "
+            "'answer' (item-token data): one forward of the prompt, each completion scored by its item "
+            "token at the answer position (EOS not scored), so every negative, borrowed ones too, is free.",
+            "choices": ["packed", "naive", "answer"],
         },
     )
     max_prompt_length: int | None = field(

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -63,6 +64,22 @@ def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+_ADDED_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _added_tokens(tokenizer, backend) -> tuple[dict, set[str]]:
+    """({content: (id, AddedToken)}, every proper suffix of a content) of the tokenizer's added
+    tokens, kept per tokenizer while its vocabulary size stays the same (thousands of item tokens
+    make this a few milliseconds, paid once instead of at every training step)."""
+    size = len(tokenizer)
+    cached = _ADDED_TOKENS.get(tokenizer)
+    if cached is None or cached[0] != size:
+        added = {tok.content: (idx, tok) for idx, tok in backend.get_added_tokens_decoder().items()}
+        cached = (size, added, {content[i:] for content in added for i in range(1, len(content))})
+        _ADDED_TOKENS[tokenizer] = cached
+    return cached[1], cached[2]
 
 
 def _appended_token_ids(tokenizer, completions: set[str]) -> tuple[dict[str, int], int]:
@@ -85,8 +102,7 @@ def _appended_token_ids(tokenizer, completions: set[str]) -> tuple[dict[str, int
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not getattr(tokenizer, "is_fast", False) or not completions:
         return {}, 0
-    added = {tok.content: (idx, tok) for idx, tok in backend.get_added_tokens_decoder().items()}
-    suffixes = {content[i:] for content in added for i in range(1, len(content))}
+    added, suffixes = _added_tokens(tokenizer, backend)
     appendable = {}
     for text in completions:
         idx, tok = added.get(text, (None, None))
@@ -560,10 +576,19 @@ def borrowed_completions(
         examples: per row ``{"prompt_ids", "completion_ids", "prompt", "titles"}``: the row's
             tokens as collated, its prompt text and the titles of its completions (same order).
         borrowed_titles: per row, the titles to add, in pool order.
+    Item tokens need none of this: when every title is an added token appended verbatim
+    (:func:`_appended_token_ids`, no closing specials), a borrowed item's ids are its token + EOS
+    whatever the prompt, exactly what the row's own candidates got.
+
     Returns:
         (examples, possibly re-tokenized rows; per row, the borrowed completions' token ids).
     """
     eos = tokenizer.eos_token_id
+    every = {t for ex in examples for t in ex["titles"]} | {t for b in borrowed_titles for t in b}
+    appendable, closing = _appended_token_ids(tokenizer, every)
+    if closing == 0 and every and len(appendable) == len(every):
+        cut = (lambda ids: ids[:max_completion_length]) if max_completion_length is not None else (lambda ids: ids)
+        return list(examples), [[cut([appendable[t], eos]) for t in b] for b in borrowed_titles]
     texts: list[str] = []
     for ex, borrowed in zip(examples, borrowed_titles, strict=True):
         tail = ex["prompt"][-tail_chars:]
