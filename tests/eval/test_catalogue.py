@@ -179,3 +179,6 @@ def test_catalogue_ranking_refuses_prompts_that_list_candidates(tiny_dataset_dir
                       retrieve_from="aux")
     with pytest.raises(EvalError, match="constrain 'nothing'"):
         EvalArguments(model_name_or_path="m", dataset_dir="d", output_dir="o", constrain=["nothing"])
+    # a YAML string is split, not read character by character
+    assert EvalArguments(model_name_or_path="m", dataset_dir="d", output_dir="o",
+                         constrain="none candidates").constrain == ["none", "candidates"]
