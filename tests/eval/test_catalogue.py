@@ -20,6 +20,7 @@ from napo.eval.catalogue import (
 )
 from napo.eval.config import EvalArguments, EvalError
 from napo.eval.metrics import FULL_KS, full_ranks, metrics_from_ranks, popularity_report, top_items
+from napo.eval.report import compare
 from napo.eval.runner import evaluate, load_split
 from napo.scoring import collate_listwise, completion_logps, tokenize_listwise
 from napo.scripts.evaluate import main as eval_main
@@ -92,6 +93,13 @@ def test_napo_eval_full_section_is_the_recommenders_full_ranking(history_data, t
     for p, row, b in zip(predictions, rows, brute, strict=True):
         np.testing.assert_allclose(p["scores"], b[row["candidates"]], atol=2e-5)
     assert per_row["ranks"]["rank"] == [float(p["target_rank"]) for p in predictions]
+    # --compare pairs the full-catalogue ranks too (here against Popularity on the same rows)
+    pop = tmp_path / "popularity"
+    assert eval_main(["--popularity", "--dataset_dir", str(data), "--output_dir", str(pop), "--rank_over", "both",
+                      "--exclude_history", "true", "--no_progress"]) == 0
+    table = compare([str(pop), str(out)])
+    assert "| full HR@10 | full NDCG@10 |" in table
+    assert "| eval vs popularity | full/ndcg@10 |" in table and "| eval vs popularity | full/hr@10 |" in table
 
 
 def test_title_catalogue_equals_joint_tokenization_scores(history_data):
