@@ -190,3 +190,15 @@ def test_catalogue_ranking_refuses_prompts_that_list_candidates(tiny_dataset_dir
     # a YAML string is split, not read character by character
     assert EvalArguments(model_name_or_path="m", dataset_dir="d", output_dir="o",
                          constrain="none candidates").constrain == ["none", "candidates"]
+
+
+def test_the_model_card_gets_the_full_catalogue_metrics(tmp_path):
+    from napo.cards import add_evaluation, read_card, write_card
+
+    write_card(tmp_path, {"method": "sft", "model_name": "m", "evaluations": []})
+    metrics = {"dataset": "d", "split": "test", "num_examples": 3, "rank": {"hr@1": 0.5, "ndcg@10": 0.6},
+               "full": {"hr@10": 0.25, "ndcg@10": 0.125, "pop/coverage@10": 0.1}}
+    assert add_evaluation(tmp_path, metrics, name="run")
+    row = read_card(tmp_path)["evaluations"][-1]["metrics"]
+    assert row == {"hr@1": 0.5, "ndcg@10": 0.6, "full/hr@10": 0.25, "full/ndcg@10": 0.125}
+    assert "full/hr@10" in (tmp_path / "README.md").read_text()
