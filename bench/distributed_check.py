@@ -65,7 +65,8 @@ def run(root: Path, name: str, data: Path, model: Path, batch: int, launch: list
     path.write_text(yaml.safe_dump(settings))
     script = [str(REPO / "recipes" / "napo.py"), "--config", str(path)]
     cmd = [*launch, *script] if launch else [sys.executable, *script]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    path_env = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": path_env})
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     if proc.returncode != 0:
         return {"ok": False, "error": errors[0] if errors else proc.stderr.strip().splitlines()[-1:]}
