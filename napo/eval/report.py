@@ -69,6 +69,49 @@ def load_metrics(run_dir: str | os.PathLike) -> dict:
         raise EvalOutputError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); re-run the evaluation") from err
 
 
+PER_ROW_FILE = "per_row.json"
+PER_ROW_FORMAT = 1
+
+
+def write_per_row(output_dir: str | os.PathLike, *, rows: Sequence[int], split: str | None,
+                  dataset_fingerprint: str | None, ranks: dict[str, Sequence[float]] | None = None,
+                  values: dict[str, Sequence[float]] | None = None) -> Path:
+    """OUT/per_row.json: what napo.eval.stats pairs two runs on.
+
+    rows [N]: the row ids (position in the split, or the user id for CF set metrics); ranks:
+    section -> [N] 1-based pessimistic rank of the target ("rank": among the candidates, "full":
+    in the catalogue, "generate": 1 for a hit, inf otherwise; inf is written as null); values:
+    metric -> [N] per-row values (e.g. CF recall@20).
+    """
+    n = len(rows)
+    for kind, table in (("ranks", ranks or {}), ("values", values or {})):
+        for key, column in table.items():
+            if len(column) != n:
+                raise ValueError(f"per-row {kind} {key!r} has {len(column)} values for {n} rows")
+    record = {"format": PER_ROW_FORMAT, "split": split, "dataset_fingerprint": dataset_fingerprint,
+              "rows": [int(r) for r in rows],
+              "ranks": {k: [float(x) for x in v] for k, v in (ranks or {}).items()},
+              "values": {k: [float(x) for x in v] for k, v in (values or {}).items()}}
+    path = Path(output_dir) / PER_ROW_FILE
+    _atomic_write(path, json.dumps(_clean(record), allow_nan=False) + "\n")
+    return path
+
+
+def load_per_row(run_dir: str | os.PathLike) -> dict:
+    """per_row.json of a finished run (see write_per_row); one clear line when absent."""
+    path = Path(run_dir) / PER_ROW_FILE
+    if not path.is_file():
+        raise EvalOutputError(f"{path}: no per-row results; re-run the evaluation of {run_dir} with this "
+                              "version (paired comparisons need the rows)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvalOutputError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); re-run the evaluation") from err
+    if record.get("format") != PER_ROW_FORMAT:
+        raise EvalOutputError(f"{path}: per-row format {record.get('format')!r}, expected {PER_ROW_FORMAT}; re-run the evaluation")
+    return record
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -290,7 +333,41 @@ def compare(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None =
                f"{first.get('num_candidates', '?')} candidates each; ties pessimistic; "
                "gen HR@1 = hits / all (S-DPO, NAPO), (valid) = hits / valid answers (LLaRA).")
     table = markdown_table([header[j] for j in keep], [[r[j] for j in keep] for r in rows])
-    return caption + "\n\n" + table
+    return caption + "\n\n" + table + paired_section(run_dirs, names)
+
+
+PAIRED_METRICS = ("hr@1", "ndcg@10", "mrr")
+
+
+def paired_section(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None,
+                   metrics: Sequence[str] = PAIRED_METRICS) -> str:
+    """Paired differences of every method against the first one (napo.eval.stats), on the rank
+    section's per-row results; runs sharing a name are that method's seeds, paired in order.
+    Empty when fewer than two methods; a note when some run has no per_row.json."""
+    from napo.eval.stats import compare_runs, paired_table
+
+    groups: dict[str, list] = {}
+    for i, run_dir in enumerate(run_dirs):
+        name = names[i] if names is not None else load_metrics(run_dir).get("name") or Path(run_dir).name
+        groups.setdefault(name, []).append(run_dir)
+    if len(groups) < 2:
+        return ""
+    missing = [str(d) for d in run_dirs if not (Path(d) / PER_ROW_FILE).is_file()]
+    if missing:
+        return (f"\n\nNo paired intervals: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no "
+                f"{PER_ROW_FILE} (evaluated by an older version); re-run to compare on the same rows.")
+    (base, base_runs), *others = groups.items()
+    results = []
+    for name, runs in others:
+        sections = load_per_row(runs[0]).get("ranks", {})
+        for metric in metrics:
+            if "rank" in sections:
+                results.append(compare_runs(runs, base_runs, metric, names=(name, base)))
+    if not results:
+        return ""
+    return (f"\n\nPaired differences against {base} on the same rows (napo.eval.stats: interval from a "
+            "paired bootstrap over rows, crossed with seeds when there are several; p: exact McNemar for "
+            "hr@k, sign-flip permutation otherwise):\n\n" + paired_table(results))
 
 
 FIGURE_KEYS = ("hr@1", *(f"pop/hr@10/{band}" for band in BAND_NAMES))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from data_prep.prepared import train_counts
 from napo.eval.config import EvalArguments, EvalError
 from napo.eval.metrics import DEFAULT_KS
-from napo.eval.report import write_metrics, write_predictions, write_report
+from napo.eval.report import write_metrics, write_per_row, write_predictions, write_report
 from napo.eval.results import POP_KS, generate_results, mode_agreement, rank_results
 from napo.eval.rows import batch_candidate_titles, target_indices
 
@@ -153,6 +153,13 @@ def evaluate_rows(
         out.mkdir(parents=True, exist_ok=True)
         write_metrics(out, metrics)
         write_predictions(out, predictions)
+        ranks = {}
+        if scorer is not None:
+            ranks["rank"] = [p["target_rank"] for p in predictions]
+        if generator is not None:
+            ranks["generate"] = [1.0 if p["hit"] else math.inf for p in predictions]
+        write_per_row(out, rows=[p["row"] for p in predictions], split=metrics.get("split"),
+                      dataset_fingerprint=metrics.get("dataset_fingerprint"), ranks=ranks)
         write_report(out, metrics, predictions)
     state.wait_for_everyone()
     return metrics

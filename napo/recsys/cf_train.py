@@ -158,9 +158,12 @@ def vectors(model, cfg: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chunk: int = 1024) -> dict:
+def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chunk: int = 1024,
+             per_user: dict | None = None) -> dict:
     """Average recall@k / ndcg@k over users with items in `split`; `score_rows(users [b]) ->
-    [b, I]` scores. Training items are excluded, and at test also validation items."""
+    [b, I]` scores. Training items are excluded, and at test also validation items. A dict
+    passed as `per_user` receives "users" [U] and each metric's per-user values [U] (the rows
+    that napo.eval.stats pairs)."""
     targets = data.by_user(split)
     exclude = [data.by_user("train")] + ([data.by_user("valid")] if split == "test" else [])
     users = np.array(sorted(targets))
@@ -183,6 +186,8 @@ def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chu
             tops.append(np.repeat(top, sizes, axis=0))
             flat_t += tg
     out = {k: float(np.concatenate(v).mean()) for k, v in per.items()}
+    if per_user is not None:
+        per_user.update({"users": users, **{k: np.concatenate(v) for k, v in per.items()}})
     if pop:
         out.update(popularity_report(np.concatenate(tops), np.concatenate(flat_t), data.train_counts, ks[:2]))
     return out

@@ -47,6 +47,8 @@ from data_prep.errors import UserError
 from data_prep.prepared import read_meta
 from napo.auxiliary import write_aux, write_item_vectors
 from napo.cards import command_line, dataset_facts, write_card
+from napo.eval.metrics import target_ranks
+from napo.eval.report import write_per_row
 from napo.eval.runner import sample_rows
 from napo.recsys import state as train_state
 from napo.recsys.cf_candidates import fold_in, load_candidate_splits, row_metrics
@@ -136,6 +138,11 @@ def train_sequential(argv) -> int:
                   dataset_fingerprint=meta["fingerprint"], model=cfg.model)
         if name == "test":
             metrics.update(split_metrics(split.take(keep), outputs.take(keep), train_counts))
+            tested = split.take(keep)
+            ranks = {"full": outputs.take(keep).full_ranks}
+            if tested.candidates is not None:
+                ranks["rank"] = target_ranks(outputs.candidate_scores[keep], tested.target_index)
+            write_per_row(out, rows=keep, split="test", dataset_fingerprint=meta["fingerprint"], ranks=ranks)
         elif name == "valid":
             metrics.update({f"valid/{k}": v for k, v in split_metrics(split, outputs).items()})
     metrics.update({**result.metrics(), "train/total_seconds": round(time.time() - start, 1),
@@ -214,11 +221,16 @@ def train_cf(argv) -> int:
                 metrics.update({f"valid/{k}": v for k, v in row_metrics(scores, split).items()})
             elif name == "test":
                 metrics.update(row_metrics(scores[keep], split.take(keep), data.train_counts))
+                write_per_row(out, rows=keep, split="test", dataset_fingerprint=meta["fingerprint"],
+                              ranks={"rank": target_ranks(scores[keep], split.take(keep).target_index)})
         metrics.update(sample_keys(run_args, keep))
     else:
         scorer = popularity_scorer(data) if model is None else model_scorer(model, cfg)
         metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
-        metrics.update(evaluate(scorer, data, "test", pop=True))
+        per_user: dict = {}
+        metrics.update(evaluate(scorer, data, "test", pop=True, per_user=per_user))
+        users = per_user.pop("users")
+        write_per_row(out, rows=users, split="test", dataset_fingerprint=meta["fingerprint"], values=per_user)
     metrics.update(result.metrics())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     protocol = {"protocol": "20-candidate, fold-in = mean of history item vectors"} if candidates else {}

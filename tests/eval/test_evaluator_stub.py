@@ -8,10 +8,11 @@ import pytest
 from datasets import Dataset
 
 from napo.eval.matching import match_answer, normalize_title
-from napo.eval.report import EvalOutputError, compare, load_metrics
+from napo.eval.report import EvalOutputError, compare, load_metrics, load_per_row
 from napo.eval.rows import candidate_titles
 from napo.eval.runner import evaluate_rows, shard_bounds
 from napo.eval.scorers import PopularityScorer, PrecomputedScorer
+from napo.eval.stats import row_values
 
 TITLES = ["Heat", "Heat Wave", "Alien", "Aliens", "Toy Story", "Fargo", "Jaws", "Babe"]
 # total 100; sorted by count: 0(30) 4(20) | 5(15) 1(10) | 6(10) 2(5) 3(5) 7(5)
@@ -158,6 +159,12 @@ def test_both_modes_metrics_predictions_and_report(tmp_path):
     assert "Agreement with `rank`: 1 of 2 valid answers" in report
     for png in ("hr_at_k.png", "hr_by_band.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # per-row results for paired statistics: row ids, candidate ranks, generate hits (inf = miss)
+    per_row = load_per_row(out)
+    assert per_row["rows"] == [0, 1, 2] and per_row["split"] is None
+    assert per_row["ranks"] == {"rank": [3, 2, 1], "generate": [1, None, None]}
+    assert row_values(per_row, "generate/hr@1").mean() == pytest.approx(gen["hr@1"])
+    assert row_values(per_row, "ndcg@3").mean() == pytest.approx(rank["ndcg@3"])
 
 
 def test_injected_classic_scorers_and_compare(tmp_path):
@@ -173,7 +180,7 @@ def test_injected_classic_scorers_and_compare(tmp_path):
     assert pre["rank"]["mrr"] == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
     stub = evaluate_rows(_rows(), TRAIN_COUNTS, tmp_path / "llm", generator=StubGenerator(),
                          info={"name": "LLM"}, show_progress=False)
-    table = compare([tmp_path / "pop", tmp_path / "sasrec", tmp_path / "llm"])
+    table, paired_part = compare([tmp_path / "pop", tmp_path / "sasrec", tmp_path / "llm"]).split("\n\nPaired")
     lines = table.splitlines()
     assert lines[0].startswith("? / ?: 3 examples, 4 candidates each")
     # columns that no run computed (HR@5, HR@10, NDCG@10: ks were (1, 2)) are left out
@@ -187,6 +194,12 @@ def test_injected_classic_scorers_and_compare(tmp_path):
     assert cells["SASRec"][:2] == ["0.3333", "0.6111"]
     assert cells["LLM"] == ["–", "–", "0.3333", "0.6667", "0.5000", "–", "–", "–", "–", "–"]
     assert stub["generate"]["hr@1"] == pytest.approx(1 / 3)
+    # paired rows against the first run (Popularity); the LLM run has no rank section to pair.
+    # SASRec ranks [3, 2, 1] vs Popularity [4, 4, 2]: hr@1 [0, 0, 1] vs [0, 0, 0]
+    assert paired_part.startswith(" differences against Popularity on the same rows")
+    assert "| SASRec vs Popularity | hr@1 | 0.3333 | 0.0000 | +0.333 [" in paired_part
+    assert "p 1.000 | - | 1 x 3 | no difference measured |" in paired_part
+    assert "LLM vs" not in paired_part
     with pytest.raises(EvalOutputError, match="no metrics.json"):
         compare([tmp_path / "missing"])
 

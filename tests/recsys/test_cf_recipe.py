@@ -9,7 +9,9 @@ import json
 
 import pytest
 
+from napo.eval.report import load_per_row
 from napo.eval.runner import load_split, sample_rows
+from napo.eval.stats import compare_runs, row_values
 from napo.recsys import cf_train
 from napo.scripts import evaluate as napo_eval
 from napo.scripts import recsys
@@ -42,6 +44,9 @@ def test_cf_protocol_through_the_recipe_keeps_the_former_numbers(cf_dir, tmp_pat
         {k: v for k, v in alias.items() if k not in timing}
     assert _history(tmp_path / "recipe") == _history(tmp_path / "alias")
     assert {"recall@10", "ndcg@50", "pop/hr@20/tail", "valid/recall@20", "train/fit_seconds"} <= set(m)
+    per_row = load_per_row(tmp_path / "recipe")  # per-user values: what napo.eval.stats pairs
+    for key in ("recall@20", "ndcg@20", "ndcg@10"):
+        assert row_values(per_row, key).mean() == pytest.approx(m[key]), key
 
 
 def test_shapley_through_the_recipe_keeps_the_former_numbers(cf_dir, tmp_path):
@@ -77,6 +82,9 @@ def test_candidate_protocol_scores_the_same_rows_with_napo_eval_metrics(cf_dir, 
     shared = set(rank) & set(m)
     assert {"hr@1", "hr@5", "ndcg@10", "mrr", "pop/hr@1/head", "pop/hr@10/tail"} <= shared
     assert {k: m[k] for k in shared} == pytest.approx({k: rank[k] for k in shared}, abs=1e-12)
+    # both wrote the same rows and ranks: a paired comparison of the two is exactly zero
+    same = compare_runs(tmp_path / "mf", tmp_path / "eval", "mrr")
+    assert (same.rows, same.diff, same.low, same.high, same.p) == (20, 0.0, 0.0, 0.0, 1.0)
     # the full test split (no sample) is the former cf_candidates run: known answers
     assert recsys.main(["--dataset_dir", str(seq), "--output_dir", str(tmp_path / "all"), *COMMON, *MF_SSM,
                         "--max_epochs", "10"]) == 0

@@ -12,6 +12,8 @@ import torch
 
 from data_prep.prepared import load_prepared
 from napo.auxiliary import load_aux, load_item_vectors
+from napo.eval.report import load_per_row
+from napo.eval.stats import row_values
 from napo.recsys.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,11 @@ def test_outputs(run_dir):
     run = json.loads((run_dir / "run.json").read_text())
     assert run["seed"] == 0 and run["config"]["model"] == "SASRec"
     assert (run_dir / "checkpoint" / "model.safetensors").is_file()
+    # per-row results (napo.eval.stats pairs runs on them) agree with the averaged metrics
+    per_row = load_per_row(run_dir)
+    assert per_row["split"] == "test" and per_row["rows"] == list(range(len(per_row["rows"])))
+    for key in ("hr@1", "ndcg@10", "mrr", "full/hr@10", "full/ndcg@10"):
+        assert row_values(per_row, key).mean() == pytest.approx(metrics[key]), key
 
 
 def test_aux_rows_match_a_direct_forward_pass(run_dir, cycle_dataset):
