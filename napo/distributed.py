@@ -81,13 +81,16 @@ def running(accelerator: Any) -> dict[str, Any]:
 
 
 def describe(info: dict[str, Any]) -> str:
-    """One line: 'FSDP2 (FULL_SHARD) on 2 processes (cpu, gloo)', 'DeepSpeed ZeRO-3 on 8 processes (cuda, nccl)'."""
+    """One line: 'FSDP2 (FULL_SHARD) on 2 processes (cpu, gloo)', 'DeepSpeed ZeRO-3 on 8 processes (cuda, nccl)',
+    'single process (cpu)'."""
     name = info["strategy"]
     if name == "FSDP":
         name = f"FSDP{info.get('fsdp_version', 1)} ({info.get('sharding')}" + (", params offloaded" if info.get("cpu_offload") else "") + ")"
     elif name == "DeepSpeed":
         name = f"DeepSpeed ZeRO-{info.get('zero_stage')}"
     where = ", ".join(str(v) for v in (info.get("device"), info.get("backend")) if v)
+    if name == "single process":
+        return f"single process ({where})" if where else name
     count = info["world_size"]
     return f"{name} on {count} process{'es' if count != 1 else ''}" + (f" ({where})" if where else "")
 

@@ -155,8 +155,8 @@ def test_the_strategy_is_in_run_json_the_log_and_the_card(pairs, capsys):
     out = pairs.root / "strategy"
     assert json.loads((out / "run.json").read_text())["config"]["distributed"] == {
         **trainer.strategy, "strategy": "single process", "world_size": 1, "device": "cpu"}
-    assert "Distributed strategy: single process on 1 process (cpu)" in capsys.readouterr().out
-    assert "| strategy | single process on 1 process (cpu) |" in (out / "README.md").read_text().splitlines()
+    assert "Distributed strategy: single process (cpu)" in capsys.readouterr().out
+    assert "| strategy | single process (cpu) |" in (out / "README.md").read_text().splitlines()
 
 
 def launch(config_file, script_args, env_extra=None, timeout=400):

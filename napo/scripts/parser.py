@@ -137,7 +137,7 @@ class ScriptParser(TrlParser):
             if cls != "trl":  # in the order the class declares its fields (inherited overrides too)
                 order = list(cls.__dict__.get("__annotations__", {}))
                 group._group_actions.sort(key=lambda a: order.index(a.dest) if a.dest in order else len(order))
-        self._action_groups = [self._positionals, default, *groups.values()]
+        self._action_groups = [self._positionals, default, *(g for g in groups.values() if g._group_actions)]
 
     def error(self, message: str):  # argparse's own complaints: one line, exit 2, no usage dump
         self.exit(2, f"error: {' '.join(str(message).split())}; see --help\n")
