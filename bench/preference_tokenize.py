@@ -29,11 +29,10 @@ def main(argv=None) -> int:
     import napo.scoring as scoring
     from data_prep.prepared import load_prepared
     from napo.collator import tokenize_preference_dataset
-    from napo.data import as_listwise
 
     disable_caching()
     tok = AutoTokenizer.from_pretrained(args.model)
-    split = as_listwise(load_prepared(args.dataset_dir)[0]["train"])
+    split = load_prepared(args.dataset_dir)[0]["train"]
     split = split.select(range(min(args.rows, len(split))))
     real = scoring._joint_token_ids
     ways = {"every prompt + completion tokenized": lambda t, p, c, shortcut=True: real(t, p, c, shortcut=False),

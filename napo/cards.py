@@ -8,8 +8,10 @@ evaluates and renders it again. Nothing here touches the network.
 Record keys: ``method`` (a key of :data:`METHODS` or a recommender name such as ``SASRec``),
 ``model_name``, ``base_model`` (Hub id or None), ``base_model_path`` (what was loaded),
 ``init_adapter``, ``adapter`` (LoRA settings or None), ``quantization`` (or None), ``dataset``
-(name, protocol, item_format, num_candidates, fingerprint, rows), ``objective`` (settings),
-``training`` (settings), ``evaluations`` (list of rows), ``command``, ``versions``.
+(name, protocol, item_format, num_candidates, fingerprint, rows), ``objective`` (settings as
+trained: ``num_negatives`` is the K the data gave, ``rejected_per_row`` what it had), ``training``
+(settings, what set the length, epochs trained, the distributed strategy that ran), ``results``
+(final training metrics), ``evaluations`` (list of rows), ``command``, ``versions``.
 """
 
 from __future__ import annotations
@@ -159,8 +161,22 @@ def _front_matter(record: dict) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _table(rows: list[tuple[str, Any]]) -> list[str]:
-    return ["| setting | value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows)]
+def _table(rows: list[tuple[str, Any]], head: str = "setting") -> list[str]:
+    return [f"| {head} | value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows)]
+
+
+def _negatives_line(record: dict) -> list[str]:
+    """The K that was trained (the data's, not only the setting's), for the listwise methods."""
+    objective = record.get("objective") or {}
+    k, per_row = objective.get("num_negatives"), objective.get("rejected_per_row")
+    if record.get("method") not in ("dpo", "sdpo", "napo") or k is None:
+        return []
+    line = f"Negatives per example: K = {k}"
+    if per_row is not None:
+        line += f", drawn from the {per_row} rejected completion(s) of each row"
+    if k == 1 and record["method"] == "sdpo":
+        line += " (with one negative, the S-DPO loss is the DPO loss)"
+    return ["", line + "."]
 
 
 def _cell(value: Any) -> str:
@@ -204,7 +220,7 @@ def render(record: dict) -> str:
     name, _, description, paper, bibs = method_facts(record["method"])
     title = record.get("model_name") or "model"
     lines = [_front_matter(record), f"# {title}", "",
-             f"A recommender trained with **{name}**: {description}.", ""]
+             f"A recommender trained with **{name}**: {description}.", *_negatives_line(record), ""]
     lines += ["## Method", "", f"{name}: {paper}.", ""]
     base = _base_lines(record)
     if base:
@@ -227,6 +243,8 @@ def render(record: dict) -> str:
         lines += ["## Objective", "", *_table(list(record["objective"].items())), ""]
     if record.get("training"):
         lines += ["## Training", "", *_table(list(record["training"].items())), ""]
+    if record.get("results"):
+        lines += ["## Training results", "", *_table(list(record["results"].items()), "metric"), ""]
     lines += ["## Evaluation", "", *_evaluation_lines(record), ""]
     if record.get("command"):
         lines += ["## Command", "", "```bash", record["command"], "```", ""]
@@ -279,18 +297,49 @@ def add_evaluation(model_dir: str | Path, metrics: dict, *, name: str) -> bool:
     return True
 
 
+def launcher_words() -> list[str] | None:
+    """``["accelerate", "launch", <its options>]`` when this process was started by
+    ``accelerate launch`` (read from the launcher's own command line), else None.
+
+    accelerate sets ``ACCELERATE_DYNAMO_BACKEND`` for the processes it launches; the launcher is
+    this process's parent (its single worker, or torchrun's workers started in its process). Where
+    its command line cannot be read, the options are reduced to the process count.
+    """
+    import os
+    import sys
+
+    if "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return None
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        parent = []
+    parent = [w for w in parent if w]
+    start = next((i + 1 for i, w in enumerate(parent) if w == "accelerate.commands.launch"
+                  or (w == "launch" and i > 0 and Path(parent[i - 1]).name.startswith("accelerate"))), None)
+    script = sys.argv[0]
+    if start is not None and script in parent[start:]:
+        return ["accelerate", "launch", *parent[start:start + parent[start:].index(script)]]
+    return ["accelerate", "launch", "--num_processes", os.environ.get("WORLD_SIZE", "1")]
+
+
 def command_line(argv: list[str] | None = None, program: str | None = None) -> str:
     """The command as the user could type it again.
 
     ``argv`` None: this process's command line (a console script by its name, ``napo-train``; a
-    file as ``python FILE``). Otherwise ``program`` followed by ``argv`` (a ``main(argv)`` call).
+    file as ``python FILE``, or ``accelerate launch [options] FILE`` when accelerate launched it).
+    Otherwise ``program`` followed by ``argv`` (a ``main(argv)`` call).
     """
     import shlex
     import sys
 
     if argv is None:
         first, argv = sys.argv[0], list(sys.argv[1:])
-        program = Path(first).name if Path(first).name.startswith("napo-") else f"python {first}"
+        launcher = launcher_words()
+        if launcher is not None:
+            program = " ".join(shlex.quote(w) for w in [*launcher, first])
+        else:
+            program = Path(first).name if Path(first).name.startswith("napo-") else f"python {first}"
     words = [shlex.quote(a) for a in argv]
     return " ".join([program or "", *words]).strip()
 

@@ -1,4 +1,4 @@
-"""Which checkpoint a run resumes from, and how a checkpoint is known to be whole.
+"""Which checkpoint a run resumes from, how a checkpoint is known to be whole, and whose output_dir it is.
 
 A trainer writes ``checkpoint-N/`` file by file (model, optimizer, scheduler, RNG states, trainer
 state, the margin's state); a kill in the middle leaves a directory that looks like a checkpoint
@@ -7,13 +7,19 @@ everything else (it is added after the trainer's own callbacks, so its ``on_save
 atomically (temp file + rename). :func:`resolve_resume` turns ``--resume_from_checkpoint`` into
 a directory: ``true`` / ``last`` is the newest *complete* checkpoint of ``output_dir`` (half-written
 ones are skipped), a path must be complete, ``false`` / empty means a fresh start.
+
+Finding checkpoints is transformers' (``trainer_utils.get_last_checkpoint``, ``sort_checkpoints``);
+what it cannot say is whether the newest one is whole, hence the marker and :func:`last_complete`.
+
+:func:`claim_output_dir` keeps two runs out of one directory: a new run where another run's files
+are refuses to start (one line) unless it resumes or ``overwrite_output_dir`` is set, in which
+case those files are removed first, so a killed run never leaves a mix of two runs behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -21,7 +27,6 @@ from transformers import TrainerCallback
 from data_prep.errors import UserError
 
 COMPLETE_MARKER = "napo_complete.json"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _LAST = {"true", "last", "yes", "1"}
 _NONE = {"", "false", "no", "0", "none"}
 
@@ -68,19 +73,72 @@ def is_complete(directory: str | os.PathLike) -> bool:
 
 def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, directory) of every ``checkpoint-N`` in output_dir, oldest first."""
-    root = Path(output_dir)
-    if not root.is_dir():
+    from transformers.trainer_utils import _re_checkpoint, sort_checkpoints
+
+    if not Path(output_dir).is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
-    return sorted(found)
+    found = [Path(p) for p in sort_checkpoints(str(output_dir))]
+    return [(int(m.group(1)), p) for p in found if (m := _re_checkpoint.search(p.name))]
 
 
 def last_complete(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of output_dir, or None."""
+    """The newest complete checkpoint of output_dir, or None. transformers' ``get_last_checkpoint``
+    answers first; when its pick is half-written (a kill during the save), older ones are tried."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(output_dir).is_dir():
+        return None
+    newest = get_last_checkpoint(str(output_dir))
+    if newest is not None and is_complete(newest):
+        return Path(newest)
     for _, path in reversed(checkpoints(output_dir)):
         if is_complete(path):
             return path
     return None
+
+
+# What a run of the LLM scripts leaves in its output_dir (weights, tokenizer, card, records, curves).
+RUN_FILES = ("run.json", "napo_card.json", "README.md", "adapter_config.json", "adapter_model.safetensors",
+             "model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "config.json",
+             "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "chat_template.jinja", "training_args.bin", "log_history.jsonl", "trainer_state.json",
+             "*_results.json", "checkpoint-*", "ref", "runs")
+# Any of these says "another run lives here" (a README.md or config.json alone may be the user's).
+_RUN_SIGNS = ("run.json", "napo_card.json", "adapter_config.json", "trainer_state.json", "log_history.jsonl",
+              "checkpoint-*")
+
+
+def claim_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resuming: bool) -> list[Path]:
+    """Check that a new run may write into ``output_dir``; returns the previous run's files to remove.
+
+    Raises CheckpointError (one line) when another run's files are there and the run neither
+    resumes nor has ``overwrite``. Removes nothing itself: the script removes the returned paths
+    (:func:`clear_previous_run`) once the new run is ready to start.
+    """
+    root = Path(output_dir)
+    if resuming or not root.is_dir():
+        return []
+    signs = sorted({p.name for pattern in _RUN_SIGNS for p in root.glob(pattern)})
+    if not signs:
+        return []
+    if not overwrite:
+        raise CheckpointError(
+            f"output_dir {output_dir} holds another run ({', '.join(signs[:4])}{', ...' if len(signs) > 4 else ''}): "
+            "choose a new output_dir, resume it with --resume_from_checkpoint true, or pass --overwrite_output_dir "
+            "true to replace it"
+        )
+    return sorted({p for pattern in RUN_FILES for p in root.glob(pattern)})
+
+
+def clear_previous_run(paths: list[Path]) -> None:
+    """Remove the files and folders :func:`claim_output_dir` listed."""
+    import shutil
+
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def resolve_resume(output_dir: str | os.PathLike, value: str | bool | None) -> str | None:

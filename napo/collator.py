@@ -1,7 +1,11 @@
 """Listwise preference batches: one prompt, the chosen completion and K rejected ones.
 
-A prepared split (docs/contracts.md, section 1) is tokenized once by
-:func:`tokenize_preference_dataset` into these columns (R = number of `rejected` titles, 19 in the
+A prepared split (docs/contracts.md, section 1), or any preference dataset in TRL's formats, is
+tokenized once by :func:`tokenize_preference_dataset`. Its text is first brought to one shape by
+:func:`listwise_text` (the one place that reads TRL's formats): ``rejected`` as ONE string (TRL's
+pairs) is one negative, a list of strings is K of them, conversational rows (role/content
+messages) are rendered with the tokenizer's chat template by TRL's ``apply_chat_template``, and
+rows without a ``prompt`` get TRL's ``extract_prompt``. The tokenized columns (R = number of `rejected` titles, 19 in the
 20-candidate protocol; slot 0 is always the chosen completion):
 
     prompt_ids       list[int]             the prompt, shared by every completion
@@ -20,12 +24,14 @@ per-example side information the trainer needs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from napo.data import TrainingDataError, cell_kind, check_chat_template
 from napo.scoring import collate_listwise, tokenize_listwise
 
 AUX_VECTOR = "aux_user_vector"
@@ -43,22 +49,103 @@ def completion_item_ids(target: int, candidates: Sequence[int]) -> list[int]:
     return [int(target)] + [int(c) for c in candidates if int(c) != int(target)]
 
 
+def _chat_completions(tokenizer, prompt: list, chosen: list, rejected: list[list]) -> tuple[str, str, list[str]]:
+    """(prompt, chosen, rejected texts) of one conversational row, rendered by TRL's
+    ``apply_chat_template`` once per negative. The shared prompt is the common prefix of the
+    per-negative prompts (identical for ordinary templates); each completion is the rest of its text."""
+    from trl.data_utils import apply_chat_template
+
+    rendered = [apply_chat_template({"prompt": prompt, "chosen": chosen, "rejected": r}, tokenizer) for r in rejected]
+    prompts = [r["prompt"] for r in rendered]
+    shared = os.path.commonprefix(prompts)
+    chosen_text = (prompts[0] + rendered[0]["chosen"])[len(shared):]
+    return shared, chosen_text, [(p + r["rejected"])[len(shared):] for p, r in zip(prompts, rendered, strict=True)]
+
+
+def listwise_text(dataset, tokenizer=None, *, desc: str = "Preference rows"):
+    """A preference dataset with ``prompt`` and ``chosen`` strings and ``rejected`` a list of strings.
+
+    - ``rejected`` one string (TRL's pairs): a one-element list, so the row trains ONE negative
+      (iterated as a string it would be one negative per character: " Heat" -> 5 completions);
+    - ``rejected`` a list of strings (prepared splits): unchanged (no copy is made);
+    - conversational rows (``prompt``, ``chosen`` and each negative lists of role/content messages):
+      rendered with ``tokenizer``'s chat template as TRL does (``trl.data_utils.apply_chat_template``:
+      the prompt with the generation prompt, each completion the rest of its conversation);
+      ``rejected`` may be one conversation or a list of them;
+    - no ``prompt`` column (TRL's implicit prompt): TRL's ``maybe_extract_prompt`` first.
+
+    Anything else (missing columns, other types, chat rows without a chat template) raises
+    ``TrainingDataError`` with one line.
+    """
+    columns = set(dataset.column_names)
+    if "prompt" not in columns and {"chosen", "rejected"} <= columns and len(dataset):
+        from trl.data_utils import maybe_extract_prompt
+
+        if cell_kind(dataset[0]["rejected"]) in ("text", "messages"):  # TRL's pairs with the prompt inside
+            dataset = dataset.map(maybe_extract_prompt, desc=f"{desc}: extracting the shared prompt")
+            columns = set(dataset.column_names)
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in columns]
+    if missing:
+        raise TrainingDataError(
+            f"preference dataset lacks column(s) {missing} (has {', '.join(dataset.column_names)}): it needs "
+            "prompt, chosen and rejected (a string, a list of strings, or chat messages)"
+        )
+    if len(dataset) == 0:
+        return dataset
+    first = dataset[0]
+    kinds = (cell_kind(first["prompt"]), cell_kind(first["chosen"]), cell_kind(first["rejected"]))
+    if kinds == ("text", "text", "texts"):
+        return dataset
+    import datasets
+
+    features = dataset.features.copy()
+    for column in ("prompt", "chosen"):
+        features[column] = datasets.Value("string")
+    features["rejected"] = datasets.Sequence(datasets.Value("string"))  # a List in datasets >= 4
+    if kinds == ("text", "text", "text"):
+        return dataset.map(lambda batch: {"rejected": [[r] for r in batch["rejected"]]}, batched=True,
+                           features=features, desc=f"{desc}: one negative per row (string `rejected`)")
+    if kinds[:2] == ("messages", "messages") and kinds[2] in ("messages", "conversations"):
+        check_chat_template(tokenizer, "preference rows")
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        one = kinds[2] == "messages"
+        # A template that writes BOS itself, for a tokenizer that adds it too, would give two BOS.
+        bos = getattr(tokenizer, "bos_token", None)
+        adds_bos = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+
+        def render(batch):
+            out = {"prompt": [], "chosen": [], "rejected": []}
+            for p, c, r in zip(batch["prompt"], batch["chosen"], batch["rejected"], strict=True):
+                prompt, chosen, rejected = _chat_completions(tokenizer, p, c, [r] if one else r)
+                if adds_bos and prompt.startswith(bos):
+                    prompt = prompt[len(bos):]
+                out["prompt"].append(prompt)
+                out["chosen"].append(chosen)
+                out["rejected"].append(rejected)
+            return out
+
+        return dataset.map(render, batched=True, features=features, desc=f"{desc}: applying the chat template")
+    names = {"text": "a string", "texts": "a list of strings", "messages": "chat messages",
+             "conversations": "a list of conversations", "other": "another type"}
+    raise TrainingDataError(
+        f"preference rows hold prompt {names[kinds[0]]}, chosen {names[kinds[1]]}, rejected {names[kinds[2]]}: give "
+        "prompt and chosen as strings and rejected as a string or a list of strings, or all three as chat messages"
+    )
+
+
 def tokenize_preference_dataset(dataset, tokenizer, *, max_prompt_length: int | None = None,
                                 max_completion_length: int | None = None, num_proc: int | None = None,
                                 desc: str = "Tokenizing"):
-    """Add the tokenized columns (see the module docstring) to a prepared split; idempotent.
+    """Add the tokenized columns (see the module docstring) to a preference split; idempotent.
 
-    The text columns are kept (evaluation and logging may want them); ``example_idx`` is the row
-    index *before* any later filtering, so auxiliary outputs stay joinable.
+    The text is first made listwise by :func:`listwise_text` (TRL's pairs: one negative per row;
+    chat rows: the tokenizer's chat template). The text columns are kept (evaluation and logging
+    may want them); ``example_idx`` is the row index *before* any later filtering, so auxiliary
+    outputs stay joinable.
     """
     if all(c in dataset.column_names for c in TOKENIZED_COLUMNS):
         return dataset
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"preference dataset lacks column(s) {missing}; it needs prompt, chosen and rejected "
-            "(a prepared split, see docs/contracts.md)"
-        )
+    dataset = listwise_text(dataset, tokenizer)
     has_ids = "target" in dataset.column_names and "candidates" in dataset.column_names
 
     def tokenize(batch, indices):
@@ -86,6 +173,33 @@ def tokenize_preference_dataset(dataset, tokenizer, *, max_prompt_length: int | 
 
     kwargs = {"num_proc": num_proc, "desc": desc} if hasattr(dataset, "_fingerprint") else {}
     return dataset.map(tokenize, batched=True, with_indices=True, **kwargs)
+
+
+def rejected_counts(dataset) -> tuple[int, int] | None:
+    """(fewest, most) rejected completions per row of a tokenized split, or None (no rows / not tokenized)."""
+    if dataset is None or not hasattr(dataset, "column_names") or "item_ids" not in dataset.column_names \
+            or len(dataset) == 0:
+        return None
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(dataset.with_format("arrow")["item_ids"])  # the selected rows only
+    return int(pc.min(lengths).as_py()) - 1, int(pc.max(lengths).as_py()) - 1
+
+
+def check_num_negatives(dataset, num_negatives: int | None, name: str = "train") -> None:
+    """Refuse a K that no row can give: ``num_negatives`` above the most rejected completions of any
+    row of a tokenized split (19 in the 20-candidate protocol, 1 for TRL's pairs). Rows with fewer
+    than K (ragged listwise data) train all of theirs."""
+    counts = rejected_counts(dataset)
+    if num_negatives is None or counts is None:
+        return
+    most = counts[1]
+    if num_negatives > most:
+        hint = " (TRL's pairs have one: set num_negatives 1, e.g. loss_type dpo)" if most == 1 else ""
+        raise TrainingDataError(
+            f"num_negatives {num_negatives} > {most}: the rows of the {name} dataset have at most {most} rejected "
+            f"completion(s) to draw from; set num_negatives to at most {most}{hint}"
+        )
 
 
 def add_aux_columns(dataset, user_vectors: torch.Tensor, candidate_scores: torch.Tensor):

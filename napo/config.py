@@ -30,6 +30,11 @@ class NAPOConfigError(UserError):
     """A one-line, user-facing problem with the preference-training settings."""
 
 
+class AuxOutputsNeeded(NAPOConfigError):
+    """Sharing or the dynamic margin is on but no aux_dir is set (a script may know the data cannot
+    have auxiliary outputs at all, and say that instead: napo.data.objective_needs_item_ids)."""
+
+
 @dataclass
 class NAPOConfig(DPOConfig):
     """Settings of ``napo.trainer.NAPOTrainer``; see the module docstring for per-loss defaults."""
@@ -272,7 +277,7 @@ class NAPOConfig(DPOConfig):
             needs = " and ".join(
                 n for n, on in (("share_negatives", self.share_negatives), ("margin_alpha > 0", uses_margin)) if on
             )
-            fail(
+            raise AuxOutputsNeeded(
                 f"{needs} need the auxiliary recommender outputs: set aux_dir (OUT/aux of "
                 "recipes/recsys.py), or set share_negatives false and margin_alpha 0"
             )

@@ -2,9 +2,10 @@
 
 Two sources (``napo.config.DatasetArguments``): a prepared directory (``dataset_dir``, the
 contract of docs/contracts.md: item ids, ``meta.json``) or any dataset ``datasets.load_dataset``
-reads (``dataset_name``: a Hub id or a local path) in TRL's standard formats. TRL's preference rows
-have ``rejected`` as ONE string; ours have a list of titles. :func:`as_listwise` turns the first
-into the second (a one-element list), so a string is never iterated character by character.
+reads (``dataset_name``: a Hub id or a local path) in TRL's standard formats. Preference rows are
+read by the trainer's own tokenization (``napo.collator.listwise_text``: TRL's pairs train one
+negative per row, chat rows get the tokenizer's chat template), so the scripts and a Python user
+of ``NAPOTrainer`` see the same thing; SFT rows go to TRL's SFTTrainer, which templates chat rows.
 
 The completion is the target title (or item token) joined to the prompt verbatim: training text
 = ``prompt + chosen + EOS``. This is the same join as ``napo.scoring.tokenize_listwise`` (the
@@ -85,104 +86,94 @@ def _side_file(name: str, filename: str, revision: str | None) -> str | None:
         return None
 
 
-def _is_text(feature: Any) -> bool:
-    from datasets import Value
-
-    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-
-
-def _string_column(split: Any, column: str) -> bool:
-    """True when ``column`` holds plain strings (not lists, not chat messages)."""
-    return _is_text(split.features.get(column))
-
-
-def _string_list_column(split: Any, column: str) -> bool:
-    """True when ``column`` holds lists of plain strings."""
-    return _is_text(getattr(split.features.get(column), "feature", None))
-
-
-def _conversational_hint(split: Any, columns: tuple[str, ...]) -> str | None:
-    """One line when ``columns`` hold chat messages instead of text, else None."""
-    for column in columns:
-        feature = split.features.get(column)
-        inner = getattr(feature, "feature", feature)
-        if isinstance(inner, dict) and {"role", "content"} <= set(inner):
-            return (
-                f"column {column!r} holds chat messages (role/content), which this toolkit does not "
-                "template: render each row to plain-text prompt/chosen/rejected first (e.g. with "
-                "tokenizer.apply_chat_template) or use a prepared dataset_dir"
-            )
-    return None
+def cell_kind(value: Any) -> str:
+    """What one cell of a text column holds: 'text', 'texts' (a list of strings), 'messages' (one
+    conversation of role/content dicts), 'conversations' (a list of them) or 'other'."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        first = value[0] if value else ""
+        if isinstance(first, str):
+            return "texts"
+        if isinstance(first, dict) and "role" in first:
+            return "messages"
+        if isinstance(first, (list, tuple)) and first and isinstance(first[0], dict) and "role" in first[0]:
+            return "conversations"
+    return "other"
 
 
-def to_prompt_completion(split: Any, max_samples: int | None = None) -> Any:
-    """A split reduced to TRL's prompt/completion format (for SFT).
+def check_chat_template(tokenizer: Any, what: str = "rows") -> None:
+    """Conversational rows need a chat template to become text: one line when the tokenizer has none."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise TrainingDataError(
+            f"the {what} are conversational (role/content messages) but the tokenizer has no chat template: "
+            "use a chat model's tokenizer, set tokenizer.chat_template, or give plain-text rows"
+        )
+
+
+def to_prompt_completion(split: Any, max_samples: int | None = None, tokenizer: Any = None) -> Any:
+    """A split reduced to one of TRL's SFT formats.
 
     Args:
-        split: ``datasets.Dataset`` with string ``prompt`` and ``completion`` (TRL's format) or
-            ``prompt`` and ``chosen`` (a prepared split, docs/contracts.md, or TRL preference rows).
+        split: ``datasets.Dataset`` with ``prompt`` and ``completion`` (TRL's format) or ``prompt``
+            and ``chosen`` (a prepared split, docs/contracts.md, or TRL preference rows), both
+            strings or both chat messages; or a ``messages`` column (TRL's conversational
+            language-modeling format).
         max_samples: keep only the first rows (row order is the contract, so this is
             deterministic); None keeps all.
+        tokenizer: checked for a chat template when the rows are conversational (TRL's
+            SFTTrainer renders them with it).
     Returns:
-        ``datasets.Dataset`` with exactly two string columns, ``prompt`` and ``completion``.
+        ``datasets.Dataset`` with exactly ``prompt`` and ``completion`` (strings or messages), or
+        exactly ``messages``.
     """
-    answer = "completion" if "completion" in split.column_names else "chosen"
-    hint = _conversational_hint(split, ("prompt", answer, "messages"))
-    if hint is not None:
-        raise TrainingDataError(hint)
-    missing = [c for c in ("prompt", answer) if c not in split.column_names]
-    if missing:
-        raise TrainingDataError(
-            f"the split lacks column(s) {missing} (has {', '.join(split.column_names)}): SFT needs "
-            "prompt and completion (or prompt and chosen) strings, or a prepared dataset_dir"
-        )
-    not_text = [c for c in ("prompt", answer) if not _string_column(split, c)]
-    if not_text:
-        raise TrainingDataError(f"column(s) {not_text} must hold strings for SFT (got {split.features[not_text[0]]})")
+    if "messages" in split.column_names and "prompt" not in split.column_names:
+        keep = ["messages"]
+        if len(split) and cell_kind(split[0]["messages"]) != "messages":
+            raise TrainingDataError("column 'messages' must hold chat messages (lists of role/content dicts)")
+    else:
+        answer = "completion" if "completion" in split.column_names else "chosen"
+        missing = [c for c in ("prompt", answer) if c not in split.column_names]
+        if missing:
+            raise TrainingDataError(
+                f"the split lacks column(s) {missing} (has {', '.join(split.column_names)}): SFT needs "
+                "prompt and completion (or prompt and chosen), or messages, or a prepared dataset_dir"
+            )
+        keep = ["prompt", answer]
+        if len(split):
+            kinds = {c: cell_kind(split[0][c]) for c in keep}
+            if set(kinds.values()) not in ({"text"}, {"messages"}):
+                raise TrainingDataError(
+                    f"column(s) {keep} must both hold strings or both chat messages for SFT (got "
+                    f"{', '.join(f'{c}: {k}' for c, k in kinds.items())})"
+                )
+    if len(split) and any(cell_kind(split[0][c]) == "messages" for c in keep):
+        check_chat_template(tokenizer, "SFT rows")
     if max_samples is not None:
         split = split.select(range(min(max_samples, len(split))))
-    extra = [c for c in split.column_names if c not in ("prompt", answer)]
-    split = split.remove_columns(extra)
-    return split.rename_column(answer, "completion") if answer != "completion" else split
-
-
-def as_listwise(split: Any) -> Any:
-    """A preference split with ``rejected`` as a list of strings (one entry per negative).
-
-    TRL's standard preference format has ``rejected`` as one string: it becomes a one-element
-    list, so the row trains exactly one negative. (Left as a string, the tokenizer loop would see
-    one negative per CHARACTER: "Heat" -> "H", "e", "a", "t".) A list of strings is returned as
-    is; chat messages, missing columns or other types end with one line.
-    """
-    hint = _conversational_hint(split, ("prompt", "chosen", "rejected"))
-    if hint is not None:
-        raise TrainingDataError(hint)
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in split.column_names]
-    if missing:
-        raise TrainingDataError(
-            f"the preference split lacks column(s) {missing} (has {', '.join(split.column_names)}): it "
-            "needs prompt, chosen and rejected (a string, or a list of strings)"
-        )
-    not_text = [c for c in ("prompt", "chosen") if not _string_column(split, c)]
-    if not_text:
-        raise TrainingDataError(f"column(s) {not_text} must hold strings (got {split.features[not_text[0]]})")
-    if _string_list_column(split, "rejected"):
-        return split
-    if not _string_column(split, "rejected"):
-        raise TrainingDataError(
-            f"column 'rejected' must hold a string or a list of strings (got {split.features['rejected']})"
-        )
-    from datasets import Sequence, Value  # Sequence: datasets 3.x; a List in datasets >= 4
-
-    features = split.features.copy()
-    features["rejected"] = Sequence(Value("string"))
-    return split.map(lambda row: {"rejected": [row["rejected"]]}, features=features,
-                     desc="One negative per row (string `rejected`)")
+    split = split.remove_columns([c for c in split.column_names if c not in keep])
+    return split.rename_column("chosen", "completion") if "chosen" in keep else split
 
 
 def has_item_ids(split: Any) -> bool:
     """True when rows name their items (``target``, ``candidates``): a prepared split."""
     return all(c in split.column_names for c in ID_COLUMNS)
+
+
+def objective_needs_item_ids(source: str, needs: str, split: Any = None) -> str:
+    """The one line for settings that need item ids (sharing, the margin, aux outputs) on data without
+    them; with ``split``, TRL's pairs (one string ``rejected``) are told to set num_negatives 1."""
+    pairs = split is not None and len(split) > 0 and "rejected" in split.column_names \
+        and cell_kind(split[0]["rejected"]) in ("text", "messages")
+    k = ", num_negatives 1 (one rejected per row)" if pairs else ""
+    return (
+        f"{source} has no item ids (columns target, candidates), so {needs} cannot work on it: sharing borrows "
+        "negatives between similar users item by item, and the dynamic margin and aux_dir read an auxiliary "
+        f"recommender's per-item outputs. What works on this data: loss_type dpo or sdpo (against a reference{k}), "
+        f"or loss_type napo with share_negatives false and margin_alpha 0 (reference-free, fixed margin gamma0{k}); "
+        "for sharing and the margin, prepare the data with data_prep and train on the dataset_dir"
+    )
 
 
 def check_objective_data(training_args: Any, split: Any, source: str) -> None:
@@ -196,11 +187,29 @@ def check_objective_data(training_args: Any, split: Any, source: str) -> None:
         ("aux_dir", bool(getattr(training_args, "aux_dir", None))),
     ) if on]
     if needs:
-        raise TrainingDataError(
-            f"{source} has no item ids (columns target, candidates), which {', '.join(needs)} need: "
-            "set share_negatives false, margin_alpha 0 and no aux_dir (e.g. loss_type dpo or sdpo), "
-            "or train on a prepared dataset_dir"
-        )
+        raise TrainingDataError(objective_needs_item_ids(source, ", ".join(needs), split))
+
+
+def explain_missing_item_ids(error: ValueError, argv: list[str]) -> str | None:
+    """For ``ScriptParser.parse(explain=...)``: when the settings ask for auxiliary outputs (no
+    aux_dir) and ``dataset_name`` names data without item ids, the line that helps is that this
+    data cannot have them, not "set aux_dir". None otherwise (the settings' own line stands)."""
+    from napo.config import AuxOutputsNeeded, DatasetArguments
+    from napo.scripts.parser import peek
+
+    name = peek(argv, "dataset_name")
+    if not isinstance(error, AuxOutputsNeeded) or not name:
+        return None
+    data_args = DatasetArguments(dataset_name=name, dataset_config=peek(argv, "dataset_config"),
+                                 dataset_revision=peek(argv, "dataset_revision"))
+    split = peek(argv, "train_split") or data_args.train_split
+    try:
+        dataset, _, _ = load_training_data(data_args)
+    except UserError:
+        return None  # the run itself will say why the data cannot be read
+    if split not in dataset or has_item_ids(dataset[split]):
+        return None
+    return objective_needs_item_ids(name, "loss_type napo's negative sharing and dynamic margin", dataset[split])
 
 
 def check_item_tokens(tokenizer: Any, meta: dict, items: Any) -> None:
@@ -222,7 +231,7 @@ def check_item_tokens(tokenizer: Any, meta: dict, items: Any) -> None:
 
 
 def preference_splits(dataset, meta: dict, data_args, aux_dir: str | None, *, with_eval: bool) -> dict:
-    """{"train": split[, "eval": split]} for NAPOTrainer, ``rejected`` always a list (:func:`as_listwise`).
+    """{"train": split[, "eval": split]} for NAPOTrainer (which reads TRL's formats itself).
 
     The auxiliary recommender's user vectors and candidate scores (``aux_dir``) are joined by row
     index: the truncation to ``max_train_samples`` / ``max_eval_samples`` keeps the first rows, so
@@ -240,7 +249,7 @@ def preference_splits(dataset, meta: dict, data_args, aux_dir: str | None, *, wi
         if split not in dataset:
             fix = "set train_split" if role == "train" else "set eval_split, or eval_strategy no"
             raise TrainingDataError(f"{source}: no split {split!r} (has {', '.join(dataset)}); {fix}")
-        rows = as_listwise(dataset[split])
+        rows = dataset[split]
         num_rows = len(rows)
         if limit is not None:  # the first rows: the join below is by row index, so it is unchanged
             rows = rows.select(range(min(limit, num_rows)))

@@ -18,15 +18,20 @@ import torch
 from transformers import TrainerCallback
 
 from napo.checkpoints import CompleteMarkerCallback, last_complete
-from napo.nonfinite import NonFiniteError, check_mode, nonfinite_gradients, nonfinite_message
+from napo.nonfinite import MODES, NonFiniteError, check_mode, nonfinite_gradients, nonfinite_message
 
 
 @dataclass
 class GuardArguments:
     """Run-safety settings shared by the LLM scripts (YAML keys = field names)."""
 
-    nonfinite: str = field(default="stop", metadata={"help": "on a NaN/inf loss or gradient: stop (one line naming "
+    nonfinite: str = field(default="stop", metadata={"choices": list(MODES),
+                                                     "help": "on a NaN/inf loss or gradient: stop (one line naming "
                                                              "the step and last good checkpoint) or skip the step"})
+
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "start a new run in an output_dir that holds "
+                                                                    "another run, removing that run's files first "
+                                                                    "(otherwise such a run stops with one line)"})
 
     def __post_init__(self):
         check_mode(self.nonfinite)

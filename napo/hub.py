@@ -62,10 +62,17 @@ def base_model_facts(loaded: str, init_adapter: str | None = None) -> dict:
     if loaded and (Path(loaded) / ADAPTER_CONFIG).is_file():
         base_path = json.loads((Path(loaded) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
         init_adapter = init_adapter or loaded
-    facts = {"base_model": hub_id_of(base_path), "base_model_path": str(base_path) if base_path else None}
+    facts = {"base_model": hub_id_of(base_path), "base_model_path": _absolute(base_path)}
     if init_adapter:
-        facts["init_adapter"] = str(init_adapter)
+        facts["init_adapter"] = _absolute(init_adapter)
     return facts
+
+
+def _absolute(name_or_path: str | None) -> str | None:
+    """A local path made absolute (valid from any working directory); a Hub id or None as is."""
+    if not name_or_path:
+        return None
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
 
 
 def adapter_facts(model: Any) -> dict | None:
@@ -118,48 +125,106 @@ def objective_facts(args: Any, method: str) -> dict:
 
 
 def record_base_in_adapter_config(output_dir: str | Path, hub_id: str | None) -> None:
-    """Adapter configs carry the base model's Hub id: a base loaded from the Hub cache is stored
-    by PEFT as its snapshot path, useless on another machine; replace it by the Hub id."""
-    path = Path(output_dir) / ADAPTER_CONFIG
-    if hub_id is None or not path.is_file():
-        return
-    config = json.loads(path.read_text())
-    stored = config.get("base_model_name_or_path")
-    if stored and stored != hub_id and hub_id_of(stored) == hub_id and Path(stored).exists():
-        config["base_model_name_or_path"] = hub_id
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    """Adapter configs name their base so that ``AutoPeftModelForCausalLM.from_pretrained`` works from
+    anywhere: the Hub id when the base came from the Hub (PEFT stores a Hub cache snapshot path,
+    useless on another machine), else the absolute path (PEFT stores the path as it was given,
+    relative to the training run's working directory). Applies to ``output_dir`` and the adapters
+    saved one level below it (the frozen reference copy ``ref/``)."""
+    root = Path(output_dir)
+    for path in [root / ADAPTER_CONFIG, *sorted(root.glob(f"*/{ADAPTER_CONFIG}"))]:
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text())
+        stored = config.get("base_model_name_or_path")
+        if not stored or not Path(stored).exists():
+            continue  # a Hub id already (or a path that no longer exists: nothing better to write)
+        if hub_id is not None and hub_id_of(stored) == hub_id:
+            wanted = hub_id
+        else:
+            wanted = str(Path(stored).resolve())
+        if wanted != stored:
+            config["base_model_name_or_path"] = wanted
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class RunCardMixin:
     """Our model card on every save; ``save_model`` never uploads (see the module docstring).
 
+    Also, for every trainer that has it (scripts and Python users alike): the distributed strategy
+    that really runs is checked against the launch (``napo.distributed.check_strategy``, one line
+    when they differ) and kept as ``trainer.strategy``; the curves, state and final metrics are kept
+    in the output directory (``napo.tracking.LogHistoryCallback``).
+
     Set ``trainer.card_info`` (dataset facts, base-model facts, ...) before training; the rest is
-    read from the trainer (method from ``loss_type``, adapter, quantization, settings).
+    read from the trainer (method from ``loss_type``, adapter, quantization, settings, results).
     """
 
     card_info: dict | None = None
+    strategy: dict | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from napo.tracking import LogHistoryCallback
+
+        self.add_callback(LogHistoryCallback(self))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        from napo.distributed import check_strategy
+
+        super().create_accelerator_and_postprocess()
+        self.strategy = check_strategy(self.accelerator)
 
     def card_method(self) -> str:
         from napo.config import NAPOConfig
 
         return self.args.loss_type if isinstance(self.args, NAPOConfig) else "sft"
 
+    def _objective(self, method: str) -> dict:
+        """The objective's settings as trained: K is what the data gives (TRL's pairs: one)."""
+        from napo.collator import rejected_counts
+
+        objective = objective_facts(self.args, method)
+        counts = rejected_counts(getattr(self, "train_dataset", None)) if method != "sft" else None
+        if counts is not None:
+            fewest, most = counts
+            objective["num_negatives"] = min(self.args.num_negatives, most)
+            objective["rejected_per_row"] = str(most) if fewest == most else f"{fewest}-{most}"
+        return objective
+
+    def _training(self) -> dict:
+        from napo.distributed import describe
+
+        args = self.args
+        training = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in _TRAINING_KEYS if hasattr(args, k)}
+        if args.max_steps > 0:  # transformers then ignores num_train_epochs: do not show it as if it counted
+            training.pop("num_train_epochs", None)
+            training["length"] = "max_steps (num_train_epochs is not used)"
+        else:
+            training.pop("max_steps", None)
+            training["length"] = "num_train_epochs"
+        training["epochs_trained"] = round(float(self.state.epoch or 0.0), 4)
+        training["global_step"] = self.state.global_step
+        if self.strategy is not None:
+            training["strategy"] = describe(self.strategy)
+        training["num_processes"] = args.world_size
+        return training
+
     def model_card_record(self, model_name: str | None = None) -> dict:
+        from napo.tracking import final_metrics
+
         args = self.args
         method = self.card_method()
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         hub_model_id = getattr(self, "hub_model_id", None) or args.hub_model_id
-        training = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in _TRAINING_KEYS if hasattr(args, k)}
-        training["num_processes"] = args.world_size
-        training["global_step"] = self.state.global_step
         record = {
             "method": method,
             "model_name": model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name),
             "hub_model_id": hub_model_id if args.push_to_hub or getattr(self, "hub_model_id", None) else None,
             "adapter": adapter_facts(model),
             "quantization": quantization_facts(model),
-            "objective": objective_facts(args, method),
-            "training": training,
+            "objective": self._objective(method),
+            "training": self._training(),
+            "results": final_metrics(self.state.log_history),
             "command": command_line(),
             "versions": package_versions(),
             "evaluations": [],

@@ -42,6 +42,7 @@ from napo.collator import (
     REF_LOGPS,
     TOKENIZED_COLUMNS,
     ListwiseCollator,
+    check_num_negatives,
     tokenize_preference_dataset,
 )
 from napo.config import NAPOConfig, NAPOConfigError
@@ -116,6 +117,8 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
         quantization_config=None,
         peft_config=None,
     ):
+        if isinstance(ref_model, NAPOConfig) and args is None:  # NAPOTrainer(model, args, ...): ours has no ref_model
+            ref_model, args = None, ref_model
         if ref_model is not None:
             raise ValueError(
                 "NAPOTrainer keeps no second model copy: leave ref_model None (the reference is the "
@@ -200,7 +203,8 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
     # ------------------------------------------------------------------ datasets and columns
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        """Tokenize prompt + chosen + every rejected title jointly, once (idempotent)."""
+        """Tokenize prompt + chosen + every rejected title jointly, once (idempotent; TRL's formats are
+        read by napo.collator.listwise_text), and refuse a num_negatives no row can give."""
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         max_prompt = args.max_prompt_length
         if max_prompt is None and args.max_length is not None:
@@ -212,6 +216,7 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
                 max_completion_length=args.max_completion_length, num_proc=args.dataset_num_proc,
                 desc=f"Tokenizing {dataset_name} dataset",
             )
+        check_num_negatives(dataset, args.num_negatives, dataset_name)
         if args.share_negatives:
             self._check_item_ids(dataset, dataset_name)
             if args.share_mode == "rescore":

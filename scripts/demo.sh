@@ -36,7 +36,7 @@ step "3/7 tiny Llama-architecture model + tokenizer trained on the prepared data
 
 step "4/7 SFT (full fine-tune of the tiny model)"
 "$PY" recipes/sft.py --config recipes/configs/ml-100k/sft-tiny.yaml --dataset_dir "$D/data" \
-    --model_name_or_path "$D/tiny-model" --output_dir "$D/sft" --seed "$DEMO_SEED"
+    --model_name_or_path "$D/tiny-model" --output_dir "$D/sft" --seed "$DEMO_SEED" --overwrite_output_dir true
 
 step "5/7 DPO, S-DPO, NAPO (rescore: every negative under the user's own prompt) and NAPO (reuse: the paper's shortcut) from SFT, same budget"
 for run in dpo sdpo napo napo-reuse; do
@@ -46,7 +46,7 @@ for run in dpo sdpo napo napo-reuse; do
     [ "$run" = napo-reuse ] && extra+=(--share_mode reuse)
     "$PY" recipes/napo.py --config "recipes/configs/ml-100k/$method-tiny.yaml" \
         --dataset_dir "$D/data" --model_name_or_path "$D/tiny-model" --sft_adapter "$D/sft" \
-        --output_dir "$D/$run" --seed "$DEMO_SEED" "${extra[@]}"
+        --output_dir "$D/$run" --seed "$DEMO_SEED" --overwrite_output_dir true "${extra[@]}"
 done
 
 step "6/7 evaluation on $DEMO_EVAL_EXAMPLES test examples"

@@ -64,7 +64,8 @@ def train_sft(args, seed: int) -> str:
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         run([sys.executable, str(REPO / "recipes/sft.py"), "--config", f"{args.config_dir}/sft-tiny.yaml",
              "--dataset_dir", args.dataset_dir, "--model_name_or_path", args.model_name_or_path,
-             "--output_dir", str(path), "--seed", str(seed)], path.parent / f"{path.name}.log")
+             "--output_dir", str(path), "--seed", str(seed), "--overwrite_output_dir", "true"],  # a killed try
+            path.parent / f"{path.name}.log")
     return str(path)
 
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, str(REPO / "recipes/napo.py"), "--config", f"{args.config_dir}/{stem}-tiny.yaml",
                        "--dataset_dir", args.dataset_dir, "--model_name_or_path", args.model_name_or_path,
                        "--sft_adapter", sft_path(args, seed), "--output_dir", str(run_dir), "--seed", str(seed),
-                       *overrides]
+                       "--overwrite_output_dir", "true", *overrides]  # a killed try is trained again
                 if stem == "napo":
                     cmd += ["--aux_dir", args.aux_dir]
                 run(cmd, run_dir.parent / f"{run_dir.name}.log")

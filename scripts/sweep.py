@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (run_dir / "eval-valid" / "metrics.json").is_file():
             overrides = [x for k, v in point.items() for x in (f"--{k}", v)]
             run([sys.executable, str(REPO / args.recipe), "--config", args.config, "--dataset_dir", args.dataset_dir,
-                 "--output_dir", str(run_dir), "--seed", str(args.seed), *extra, *overrides], out / f"{name}.log")
+                 "--output_dir", str(run_dir), "--seed", str(args.seed), "--overwrite_output_dir", "true",  # retrain
+                 *extra, *overrides], out / f"{name}.log")
         metrics = evaluate(str(run_dir), run_dir / "eval-valid", args)
         rows.append({"point": name, "settings": point, **metrics})
         print(f"{name}: valid {args.metric} {metrics[args.metric]:.4f} ({time.time() - start:.0f} s)", flush=True)

@@ -40,13 +40,13 @@ def test_preference_splits_join_aux_by_row_before_and_after_truncation(napo_inpu
     from data_prep.prepared import load_prepared
     from napo.auxiliary import load_aux
     from napo.collator import add_aux_columns
-    from napo.data import as_listwise, preference_splits
+    from napo.data import preference_splits
 
     dataset, _, meta = load_prepared(napo_inputs["data"])
     aux = str(napo_inputs["root"] / "aux")
     args = SimpleNamespace(source="d", dataset_dir="d", train_split="train", eval_split="valid",
                            max_train_samples=5, max_eval_samples=None)
     got = preference_splits(dataset, meta, args, aux, with_eval=True)
-    whole = add_aux_columns(as_listwise(dataset["train"]), *load_aux(aux, "train", meta, num_rows=len(dataset["train"])))
+    whole = add_aux_columns(dataset["train"], *load_aux(aux, "train", meta, num_rows=len(dataset["train"])))
     assert got["train"].to_list() == whole.select(range(5)).to_list()
     assert len(got["eval"]) == len(dataset["valid"])

@@ -10,11 +10,10 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
 from data_prep.prepared import load_prepared
-from napo.collator import tokenize_preference_dataset
+from napo.collator import listwise_text, tokenize_preference_dataset
 from napo.config import DatasetArguments
 from napo.data import (
     TrainingDataError,
-    as_listwise,
     check_objective_data,
     load_training_data,
     to_prompt_completion,
@@ -33,10 +32,9 @@ def test_string_rejected_is_one_negative_not_one_per_character(tiny_item_tokens)
     """Regression: a string `rejected` used to be iterated as characters ("<item_3>" -> "<", "i", ...)."""
     data_dir, model_dir = tiny_item_tokens
     rows = _trl_rows(data_dir)
-    split = as_listwise(Dataset.from_list(rows))
-    assert split["rejected"] == [[r["rejected"]] for r in rows]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    tokenized = tokenize_preference_dataset(split, tok)
+    tokenized = tokenize_preference_dataset(Dataset.from_list(rows), tok)  # the string rows as they are
+    assert tokenized["rejected"] == [[r["rejected"]] for r in rows]
     assert all(len(c) == 2 for c in tokenized["completion_ids"])  # chosen + exactly one negative
     negative = tok(rows[0]["rejected"], add_special_tokens=False)["input_ids"]
     assert tokenized[0]["completion_ids"][1][: len(negative)] == negative  # the whole title, not "<"
@@ -44,19 +42,17 @@ def test_string_rejected_is_one_negative_not_one_per_character(tiny_item_tokens)
 
 def test_list_rejected_is_kept_and_bad_rows_get_one_line():
     listwise = Dataset.from_dict({"prompt": ["p"], "chosen": ["a"], "rejected": [["b", "c"]]})
-    assert as_listwise(listwise)["rejected"] == [["b", "c"]]
+    assert listwise_text(listwise) is listwise  # nothing to convert, no copy
+    with pytest.raises(TrainingDataError, match=r"lacks column\(s\) \['rejected'\] \(has prompt, chosen\)"):
+        listwise_text(Dataset.from_dict({"prompt": ["p"], "chosen": ["a"]}))
+    with pytest.raises(TrainingDataError, match="prompt a string, chosen a string, rejected another type"):
+        listwise_text(Dataset.from_dict({"prompt": ["p"], "chosen": ["a"], "rejected": [3]}))
     chat = Dataset.from_dict({
         "prompt": [[{"role": "user", "content": "hi"}]], "chosen": [[{"role": "assistant", "content": "a"}]],
         "rejected": [[{"role": "assistant", "content": "b"}]],
     })
-    with pytest.raises(TrainingDataError, match=r"column 'prompt' holds chat messages \(role/content\)"):
-        as_listwise(chat)
-    with pytest.raises(TrainingDataError, match=r"lacks column\(s\) \['rejected'\] \(has prompt, chosen\)"):
-        as_listwise(Dataset.from_dict({"prompt": ["p"], "chosen": ["a"]}))
-    with pytest.raises(TrainingDataError, match="'rejected' must hold a string or a list of strings"):
-        as_listwise(Dataset.from_dict({"prompt": ["p"], "chosen": ["a"], "rejected": [3]}))
-    with pytest.raises(TrainingDataError, match="chat messages"):
-        to_prompt_completion(Dataset.from_dict({"messages": [[{"role": "user", "content": "x"}]]}))
+    with pytest.raises(TrainingDataError, match="conversational .* but the tokenizer has no chat template"):
+        listwise_text(chat, tokenizer=None)
 
 
 def test_sft_accepts_prompt_completion_and_prompt_chosen():
@@ -87,8 +83,8 @@ def test_dataset_name_reads_a_local_path_and_a_saved_dataset(tmp_path):
 def test_sharing_and_margin_refuse_data_without_item_ids():
     split = Dataset.from_dict({"prompt": ["p"], "chosen": ["a"], "rejected": [["b"]]})
     napo = SimpleNamespace(share_negatives=True, margin_alpha=0.3, aux_dir="aux")
-    with pytest.raises(TrainingDataError, match=r"^hub/x has no item ids \(columns target, candidates\), which "
-                       r"share_negatives, margin_alpha > 0, aux_dir need"):
+    with pytest.raises(TrainingDataError, match=r"^hub/x has no item ids \(columns target, candidates\), so "
+                       r"share_negatives, margin_alpha > 0, aux_dir cannot work on it: .* loss_type dpo or sdpo"):
         check_objective_data(napo, split, "hub/x")
     check_objective_data(SimpleNamespace(share_negatives=False, margin_alpha=0.0, aux_dir=None), split, "hub/x")
 
@@ -117,11 +113,12 @@ def _config(root, model_dir, name, **settings):
 
 
 def test_trl_format_trains_one_negative_per_row(trl_dataset_dir, tiny_item_tokens):
-    """S-DPO asking for 3 negatives gets exactly the one negative of each TRL row; the zero-init
-    LoRA makes policy == reference, so the first loss is log(1 + 1)."""
+    """S-DPO on TRL's pairs trains exactly the one negative of each row (num_negatives 1; more is
+    refused, tests/test_trl_user.py); the zero-init LoRA makes policy == reference, so the first
+    loss is log(1 + 1)."""
     from napo.scripts.preference import main
 
-    config = _config(trl_dataset_dir, tiny_item_tokens[1], "sdpo", loss_type="sdpo", num_negatives=3)
+    config = _config(trl_dataset_dir, tiny_item_tokens[1], "sdpo", loss_type="sdpo", num_negatives=1)
     trainer = main(["--config", config])
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2

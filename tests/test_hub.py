@@ -55,6 +55,7 @@ class RecordingHub:
         def forbidden(api, *args, **kwargs):
             raise AssertionError("only create_repo and upload_folder are expected")
 
+        monkeypatch.setattr("napo.preflight.hub_problem", lambda: None)  # the stand-in is reachable and logged in
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
         for name in ("upload_file", "create_commit", "delete_file"):

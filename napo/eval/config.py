@@ -45,7 +45,8 @@ class EvalArguments:
     containment: str = field(default="word", metadata={"help": "answer matching: a title must occur as whole words (word) or as any substring (substring, the papers')", "choices": ["word", "substring"]})
     completion_prefix: str = field(default="", metadata={"help": "text between the prompt and each completion"})
     max_prompt_length: int | None = field(default=None, metadata={"help": "truncate prompts from the left to N tokens"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype: auto, float32, bfloat16, float16"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype: auto, float32, bfloat16, float16",
+                                                 "choices": ["auto", "float32", "bfloat16", "float16"]})
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager or sdpa (packed scoring needs a 4D mask)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA-style 4-bit base (bitsandbytes)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code (off by default)"})

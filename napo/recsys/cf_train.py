@@ -49,21 +49,24 @@ CF_MODELS = ("MostPop", *MODELS)  # the recsys recipe runs these with CFConfig
 class CFConfig:
     """Every hyperparameter of a CF run (YAML keys = field names = CLI flags)."""
 
-    model: str = field(default="MF", metadata={"help": "MostPop, MF or LightGCN"})
+    model: str = field(default="MF", metadata={"help": "MostPop, MF or LightGCN", "choices": list(CF_MODELS)})
     dim: int = field(default=64, metadata={"help": "embedding size d"})
     num_layers: int = field(default=2, metadata={"help": "LightGCN propagation layers (0 = MF)"})
     init_std: float = field(default=0.1, metadata={"help": "std of the normal embedding init"})
-    loss: str = field(default="bpr", metadata={"help": "bpr (dot product) | ssm | bsl | psl (cosine scores)"})
+    loss: str = field(default="bpr", metadata={"help": "bpr (dot product) | ssm | bsl | psl (cosine scores)",
+                                               "choices": list(LOSSES)})
     num_negatives: int = field(default=1, metadata={"help": "uniform negatives per positive (not the user's training items)"})
     tau: float = field(default=0.1, metadata={"help": "temperature on the RAW cosine difference: SSM exp((c_uj - c_ui)/tau); "
                                                       "BSL tau1; PSL (the PSL paper's tau = tau / 2)"})
     tau2: float = field(default=0.1, metadata={"help": "BSL negative-side temperature (raw cosine); tau2 = tau gives SSM"})
-    activation: str = field(default="tanh", metadata={"help": "PSL surrogate: tanh | atan | relu | exp (exp = SSM)"})
+    activation: str = field(default="tanh", metadata={"help": "PSL surrogate: tanh | atan | relu | exp (exp = SSM)",
+                                                      "choices": list(PSL_ACTIVATIONS)})
     shared_negatives: bool = field(default=True, metadata={"help": "softmax family: one set of num_negatives uniform items per batch "
                                                                    "(a matmul) instead of per positive; the user's training items are "
                                                                    "masked. BPR always draws its negatives per positive"})
     include_positive: bool = field(default=False, metadata={"help": "SSM: positive also in the denominator"})
-    sampler: str = field(default="uniform", metadata={"help": "uniform | shapley (Triplet-Shapley resampling; BPR only)"})
+    sampler: str = field(default="uniform", metadata={"help": "uniform | shapley (Triplet-Shapley resampling; BPR only)",
+                                                      "choices": list(SAMPLERS)})
     l2: float = field(default=0.0, metadata={"help": "L2 on the batch's layer-0 embeddings, l2 * mean squared norm"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})

@@ -33,13 +33,17 @@ from napo.eval.metrics import (
     top_items,
 )
 from napo.eval.results import full_results
+from napo.nonfinite import MODES as NONFINITE_MODES
 from napo.nonfinite import NonFiniteError, check_mode, nonfinite_gradients, nonfinite_message
 from napo.recsys import state as train_state
 from napo.recsys.data import SeqSplit
+from napo.recsys.diffusion import PREFERDIFF_FORMS, SCHEDULES
+from napo.recsys.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from napo.recsys.diffusion_config import DIFFUSION_MODELS, build_diffusion
 from napo.recsys.loop import FitResult, LoopState, run_epochs
 from napo.recsys.losses import LOSSES, bce_loss, full_ce_loss, sampled_softmax_loss
 from napo.recsys.models import MODELS, SeqRecommender, build_model
+from napo.recsys.samplers import SAMPLERS as NEGATIVE_SAMPLERS
 from napo.recsys.samplers import build_sampler
 
 
@@ -51,14 +55,16 @@ class RecConfigError(UserError):
 class RecConfig:
     """Every hyperparameter of an id-based recommender run (YAML keys = field names)."""
 
-    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff (MF, LightGCN, MostPop: the CF comparators, with the CF settings below)"})
+    model: str = field(default="SASRec", metadata={"help": "Pop, SASRec, GRU4Rec, Caser, DreamRec or PreferDiff (MF, LightGCN, MostPop: the CF comparators, with the CF settings below)",
+                                                   "choices": [*MODELS, *DIFFUSION_MODELS]})
     hidden: int = field(default=64, metadata={"help": "embedding / hidden size d"})
     num_blocks: int = field(default=2, metadata={"help": "transformer blocks (SASRec) or GRU layers"})
     num_heads: int = field(default=1, metadata={"help": "attention heads (SASRec)"})
     dropout: float = field(default=0.2, metadata={"help": "dropout rate"})
     max_len: int = field(default=10, metadata={"help": "history window (most recent items)"})
-    loss: str = field(default="ce", metadata={"help": "ce (full softmax), bce, sampled_softmax"})
-    sampler: str = field(default="random", metadata={"help": "negative sampler for bce / sampled_softmax"})
+    loss: str = field(default="ce", metadata={"help": "ce (full softmax), bce, sampled_softmax", "choices": list(LOSSES)})
+    sampler: str = field(default="random", metadata={"help": "negative sampler for bce / sampled_softmax",
+                                                     "choices": list(NEGATIVE_SAMPLERS)})
     num_negatives: int = field(default=1, metadata={"help": "negatives per example"})
     alpha: float = field(default=0.75, metadata={"help": "popularity sampler exponent (count^alpha)"})
     pool_factor: int = field(default=5, metadata={"help": "adaptive samplers score pool_factor*K items"})
@@ -72,7 +78,8 @@ class RecConfig:
     eval_every: int = field(default=1, metadata={"help": "epochs between validations"})
     patience: int = field(default=5, metadata={"help": "validations without improvement before stopping"})
     select_metric: str = field(default="ndcg@10", metadata={"help": "valid metric for selection (candidate protocol, or full ranking when the split has no candidates)"})
-    select_protocol: str = field(default="auto", metadata={"help": "auto (candidates when the split has them), candidates or full"})
+    select_protocol: str = field(default="auto", metadata={"help": "auto (candidates when the split has them), candidates or full",
+                                                           "choices": ["auto", "candidates", "full"]})
     max_minutes: float = field(default=0.0, metadata={"help": "wall-clock training budget (0 = none)"})
     exclude_history: bool = field(default=False, metadata={"help": "full ranking: drop history items from the ranking"})
     eval_batch_size: int = field(default=512, metadata={"help": "rows per inference batch"})
@@ -80,19 +87,21 @@ class RecConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
     # DreamRec / PreferDiff (napo.recsys.diffusion); ignored by the other models
     diffusion_steps: int = field(default=2000, metadata={"help": "diffusion steps T"})
-    beta_schedule: str = field(default="linear", metadata={"help": "linear or cosine"})
+    beta_schedule: str = field(default="linear", metadata={"help": "linear or cosine", "choices": list(SCHEDULES)})
     beta_start: float = field(default=1e-4, metadata={"help": "linear schedule: first beta"})
     beta_end: float = field(default=0.02, metadata={"help": "linear schedule: last beta"})
     p_uncond: float = field(default=0.1, metadata={"help": "condition dropout (classifier-free guidance)"})
     guidance_w: float = field(default=2.0, metadata={"help": "guidance weight w"})
-    diffusion_sampler: str = field(default="ddim", metadata={"help": "ddim or ddpm"})
+    diffusion_sampler: str = field(default="ddim", metadata={"help": "ddim or ddpm", "choices": list(DIFFUSION_SAMPLERS)})
     ddim_stride: int = field(default=100, metadata={"help": "DDIM step stride"})
     ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 = deterministic given x_T)"})
     preferdiff_lambda: float = field(default=0.4, metadata={"help": "PreferDiff weight of the generation term"})
     preferdiff_gamma: float = field(default=5.0, metadata={"help": "PreferDiff scale inside the sigmoid"})
-    preferdiff_form: str = field(default="paper", metadata={"help": "paper (per example) or faithful (batch level, official code)"})
-    denoiser: str = field(default="linear", metadata={"help": "linear (3d->d) or mlp (3d->2d->d)"})
-    score_items: str = field(default="dot", metadata={"help": "diffusion ranking: dot or cosine with the generated embedding"})
+    preferdiff_form: str = field(default="paper", metadata={"help": "paper (per example) or faithful (batch level, official code)",
+                                                            "choices": list(PREFERDIFF_FORMS)})
+    denoiser: str = field(default="linear", metadata={"help": "linear (3d->d) or mlp (3d->2d->d)", "choices": ["linear", "mlp"]})
+    score_items: str = field(default="dot", metadata={"help": "diffusion ranking: dot or cosine with the generated embedding",
+                                                      "choices": ["dot", "cosine"]})
     sample_seed: int = field(default=0, metadata={"help": "seed of the diffusion sampler's noise"})
 
     def __post_init__(self):
@@ -125,7 +134,8 @@ class RecRunArguments:
                                                          "OUT/checkpoints/epoch-N every N epochs (0 = never)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "resume from a checkpoint "
                                                "directory, or true = the newest under OUT/checkpoints"})
-    nonfinite: str = field(default="stop", metadata={"help": "on a NaN/inf loss or gradient: stop (one line) or skip the batch"})
+    nonfinite: str = field(default="stop", metadata={"help": "on a NaN/inf loss or gradient: stop (one line) or skip the batch",
+                                                     "choices": list(NONFINITE_MODES)})
     test_max_examples: int | None = field(default=None, metadata={"help": "test metrics on N rows only (aux/ keeps "
                                           "every row): the first N, or with test_sample_seed the rows napo-eval "
                                           "--max_examples N --sample_seed S evaluates (candidate-list data only)"})

@@ -49,10 +49,12 @@ class ExportArguments:
 
 
 def main(argv=None):
+    from napo.preflight import HUB_ERRORS, check_environment, hub_failure
     from napo.scripts.parser import ScriptParser, fail
 
     (args,) = ScriptParser((ExportArguments,), description=__doc__.split("\n\n")[0]).parse(argv)
     try:
+        check_environment(args)  # push_to_hub: the Hub reachable and a token, before the merge
         out = export(args)
     except UserError as err:
         fail(err)
@@ -60,7 +62,10 @@ def main(argv=None):
     if args.push_to_hub:
         from napo.hub import push_folder
 
-        push_folder(out, args.hub_model_id, private=args.hub_private_repo, commit_message="Merged LoRA adapter")
+        try:
+            push_folder(out, args.hub_model_id, private=args.hub_private_repo, commit_message="Merged LoRA adapter")
+        except HUB_ERRORS as err:
+            fail(hub_failure(err, str(out)))
         print(f"Merged model pushed to https://huggingface.co/{args.hub_model_id}")
     return 0
 

@@ -25,36 +25,49 @@ tokenizer, `README.md` (our model card, `napo.cards`), `run.json` (config, versi
 revision) and the trainer's logs/checkpoints. `push_to_hub: true` uploads it once.
 """
 
+import sys
 from dataclasses import asdict, replace
 
 from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
 from napo.cards import command_line, dataset_facts
-from napo.checkpoints import resolve_resume
+from napo.checkpoints import claim_output_dir, clear_previous_run, resolve_resume
 from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
-from napo.data import check_item_tokens, check_objective_data, load_training_data, preference_splits
+from napo.data import (
+    check_item_tokens,
+    check_objective_data,
+    explain_missing_item_ids,
+    load_training_data,
+    preference_splits,
+)
+from napo.distributed import describe
 from napo.guards import GuardArguments, attach_guards
 from napo.hub import base_model_facts
 from napo.models.loading import is_adapter_dir, load_model_and_tokenizer
+from napo.preflight import HUB_ERRORS, check_environment, hub_failure
 from napo.scripts.parser import ScriptParser, fail
-from napo.tracking import LogHistoryCallback
 from napo.trainer import NAPOTrainer
 from napo.utils import write_run_info
 
 
 def main(argv=None):
-    # Parse: YAML (--config) + command line; unknown keys and invalid settings stop with one line.
+    # Parse: YAML (--config) + command line; unknown keys, bad values and invalid settings stop
+    # with one line (sharing / margin asked on data that cannot have item ids: said so).
     parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig, GuardArguments))
-    data_args, adapter_args, training_args, model_args, guard_args = parser.parse(argv)
+    data_args, adapter_args, training_args, model_args, guard_args = parser.parse(
+        argv, explain=lambda err: explain_missing_item_ids(err, argv if argv is not None else sys.argv[1:]))
 
-    # Data first (fails before a model loads), then the model. An SFT LoRA adapter stays
-    # trainable and DPOTrainer adds its frozen copy "ref" as the reference; a fully fine-tuned SFT
-    # model becomes the base of a fresh LoRA (ModelConfig flags), so the adapter-disabled policy
-    # is the SFT model.
+    # Environment, output_dir and data first (each fails before a model loads), then the model.
+    # An SFT LoRA adapter stays trainable and DPOTrainer adds its frozen copy "ref" as the
+    # reference; a fully fine-tuned SFT model becomes the base of a fresh LoRA (ModelConfig
+    # flags), so the adapter-disabled policy is the SFT model.
     sft = adapter_args.sft_adapter or model_args.model_name_or_path
     try:
+        check_environment(training_args, model_args)  # trackers, bitsandbytes, the Hub for push_to_hub
         resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
+        previous = claim_output_dir(training_args.output_dir, overwrite=guard_args.overwrite_output_dir,
+                                    resuming=resume is not None)
         dataset, items, meta = load_training_data(data_args)
         if data_args.train_split in dataset:  # sharing / margin / aux need item ids: refuse early
             check_objective_data(training_args, dataset[data_args.train_split], data_args.source)
@@ -65,30 +78,36 @@ def main(argv=None):
         base = base_model_facts(sft)  # the base model's Hub id (None for a local-only model)
         peft_config = None if is_adapter_dir(sft) else get_peft_config(model_args)
         check_item_tokens(tokenizer, meta, items)
+
+        # Trainer: reads TRL's formats, checks num_negatives against the rows, and checks that the
+        # distributed strategy running is the one the launch asked for.
+        trainer = NAPOTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=splits["train"],
+            eval_dataset=splits.get("eval"),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     except UserError as err:
         fail(err)
-
-    # Trainer
-    trainer = NAPOTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits.get("eval"),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
-    )
+    except HUB_ERRORS as err:  # creating the Hub repo (push_to_hub)
+        fail(hub_failure(err, training_args.output_dir))
+    trainer.accelerator.print(f"Distributed strategy: {describe(trainer.strategy)}")
     rows = {k: len(v) for k, v in splits.items()}
     trainer.card_info = {**base, "command": command_line(argv, "napo-train"),
                          "dataset": dataset_facts(data_args.source, meta, rows)}
     attach_guards(trainer, guard_args.nonfinite, resume)  # NaN/inf stop or skip; checkpoints marked complete
     if trainer.accelerator.is_main_process:
+        clear_previous_run(previous)  # overwrite_output_dir: the old run's files go before any new one is written
         config = {
             "dataset": asdict(data_args),
             "dataset_meta": {k: meta.get(k) for k in ("dataset", "item_format", "fingerprint", "num_candidates")},
             "adapter": asdict(adapter_args),
             "training": training_args.to_dict(),
             "model": asdict(model_args),
+            "guards": asdict(guard_args),
+            "distributed": trainer.strategy,
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 
@@ -100,7 +119,10 @@ def main(argv=None):
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        try:
+            trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        except HUB_ERRORS as err:
+            fail(hub_failure(err, training_args.output_dir))
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
     trainer.end()
     return trainer

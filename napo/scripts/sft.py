@@ -28,27 +28,32 @@ from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
 from napo.cards import command_line, dataset_facts
-from napo.checkpoints import resolve_resume
+from napo.checkpoints import claim_output_dir, clear_previous_run, resolve_resume
 from napo.config import DatasetArguments, RecSFTConfig
 from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
+from napo.distributed import describe
 from napo.guards import GuardArguments, attach_guards
 from napo.hub import RecSFTTrainer, base_model_facts
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
+from napo.preflight import HUB_ERRORS, check_environment, hub_failure
 from napo.scripts.parser import ScriptParser, fail
-from napo.tracking import LogHistoryCallback
 from napo.utils import write_run_info
 
 
 def main(argv=None):
-    # Parse: YAML (--config) + command line; unknown keys stop the run with file:line:column.
+    # Parse: YAML (--config) + command line; unknown keys and bad values stop the run with file:line:column.
     parser = ScriptParser((DatasetArguments, RecSFTConfig, ModelConfig, GuardArguments))
     data_args, training_args, model_args, guard_args = parser.parse(argv)
 
-    # Data and tokenizer checked first, then the model (dtype, QLoRA quantization, attention
-    # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
-    # run with one line before any weights are loaded.
+    # Environment, output_dir, data and tokenizer checked first, then the model (dtype, QLoRA
+    # quantization, attention implementation, pad token): a missing package, another run in the
+    # output_dir, a missing directory or a dataset/tokenizer mismatch ends the run with one line
+    # before any weights are loaded.
     try:
+        check_environment(training_args, model_args)  # trackers, bitsandbytes, the Hub for push_to_hub
         resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
+        previous = claim_output_dir(training_args.output_dir, overwrite=guard_args.overwrite_output_dir,
+                                    resuming=resume is not None)
         dataset, items, meta = load_training_data(data_args)
         tokenizer = load_tokenizer(
             model_args.model_name_or_path,
@@ -56,39 +61,46 @@ def main(argv=None):
             trust_remote_code=training_args.trust_remote_code,
         )
         check_item_tokens(tokenizer, meta, items)
-        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
-        base = base_model_facts(model_args.model_name_or_path)  # the base's Hub id, recorded at load time
-        # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
+        # Prompt/completion pairs (or chat messages, which TRL renders with the chat template): TRL
+        # appends EOS to the completion and masks the prompt out of the loss.
         for split in [data_args.train_split] + ([data_args.eval_split] if training_args.eval_strategy != "no" else []):
             if split not in dataset:
                 raise TrainingDataError(f"{data_args.source}: no split {split!r} (has {', '.join(dataset)})")
-        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples)
+        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples, tokenizer)
         eval_dataset = None
         if training_args.eval_strategy != "no":
-            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples)
+            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples, tokenizer)
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        base = base_model_facts(model_args.model_name_or_path)  # the base's Hub id, recorded at load time
+
+        # Trainer (LoRA adapter from ModelConfig when use_peft is set); it checks that the
+        # distributed strategy running is the one the launch asked for.
+        trainer = RecSFTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+        )
     except UserError as err:
         fail(err)
-
-    # Trainer (LoRA adapter from ModelConfig when use_peft is set).
-    trainer = RecSFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
-    )
+    except HUB_ERRORS as err:  # creating the Hub repo (push_to_hub)
+        fail(hub_failure(err, training_args.output_dir))
+    trainer.accelerator.print(f"Distributed strategy: {describe(trainer.strategy)}")
     rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
     trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
                          "dataset": dataset_facts(data_args.source, meta, rows)}
     attach_guards(trainer, guard_args.nonfinite, resume)  # NaN/inf stop or skip; checkpoints marked complete
     if trainer.accelerator.is_main_process:
+        clear_previous_run(previous)  # overwrite_output_dir: the old run's files go before any new one is written
         config = {
             "dataset": asdict(data_args),
             "dataset_meta": {k: meta.get(k) for k in ("dataset", "item_format", "fingerprint", "num_candidates")},
             "training": training_args.to_dict(),
             "model": asdict(model_args),
+            "guards": asdict(guard_args),
+            "distributed": trainer.strategy,
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 
@@ -100,7 +112,10 @@ def main(argv=None):
     trainer.save_model(training_args.output_dir)  # also saves the tokenizer
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        try:
+            trainer.push_to_hub(dataset_name=meta.get("dataset"))
+        except HUB_ERRORS as err:
+            fail(hub_failure(err, training_args.output_dir))
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
     trainer.end()
     return trainer

@@ -107,3 +107,16 @@ def test_shipped_history_prompt_configs_parse(path):
         parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig))
         _, _, training, _ = parser.parse(["--config", str(path)])
         assert training.scoring == "answer" and training.share_mode == "rescore"
+
+
+@pytest.mark.parametrize("path", sorted(p for stem in ("dpo", "sdpo", "napo") for p in CONFIG_DIR.glob(f"*/{stem}*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_preference_configs_pass_the_value_checks(path):
+    """Every value of the shipped configs has the option's type and is one of its choices."""
+    from napo.config import AdapterArguments, NAPOConfig
+    from napo.guards import GuardArguments
+
+    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig, GuardArguments))
+    assert parser.check_config(str(path)) is None
+    _, _, training, _, _ = parser.parse(["--config", str(path), "--bf16", "false", "--use_cpu", "true", "--aux_dir", "a"])
+    assert training.loss_type in ("dpo", "sdpo", "napo")
