@@ -4,7 +4,11 @@
 that a run never silently drops or misreads a setting. TrlParser does the work: it reads the YAML,
 sets the variables of its ``env:`` mapping, makes the YAML values the defaults, and the command
 line overrides them. Before handing over, this class checks the file against the options, so that
-every problem is one line, at parse time, with the place it comes from:
+every problem is one line, at parse time, with the place it comes from.
+
+``StrictParser`` is the same parser on ``HfArgumentParser`` alone, reading the YAML the same way
+(``env:``, YAML values as defaults): the id-recommender script (napo-recsys) uses it, so that it
+imports no TRL. ``ScriptParser`` is imported from this module lazily, with TRL.
 
 - ``--config FILE`` and ``--config=FILE`` both work.
 - A key that no dataclass defines: ``error: FILE:LINE:COL: unknown key 'lerning_rate'; did you mean
@@ -25,8 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from transformers import TrainingArguments
-from trl import TrlParser
+from transformers import HfArgumentParser, TrainingArguments
 
 # Top-level YAML keys the parser itself consumes (not dataclass fields).
 RESERVED_KEYS = ("env",)
@@ -91,8 +94,8 @@ def _value_problem(action: argparse.Action, value: Any) -> str | None:
     return None
 
 
-class ScriptParser(TrlParser):
-    """``TrlParser`` over ``dataclass_types`` with a strict YAML ``--config`` (see module doc)."""
+class StrictParser(HfArgumentParser):
+    """``HfArgumentParser`` over ``dataclass_types`` with a strict YAML ``--config`` (see module doc)."""
 
     def __init__(self, dataclass_types, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # `--lr` must not silently mean `--lr_scheduler_type`
@@ -222,12 +225,48 @@ class ScriptParser(TrlParser):
             self.exit(2, f"error: {problem}\n")
         try:
             # TrlParser reads the (checked) YAML; the last entry holds what no dataclass owns (--config).
-            parsed = self.parse_args_and_config(["--config", path, *rest] if path else rest)
+            parsed = self._read(["--config", path, *rest] if path else rest)
             return tuple(parsed)[: len(self.dataclass_types)]
         except ValueError as err:  # a dataclass's own check (__post_init__) or a bad value
             message = (explain(err) if explain is not None else None) or " ".join(str(err).split())
             where = f" (config {path})" if path else ""
             self.exit(2, f"error: invalid settings{where}: {message}\n")
+
+
+    def _read(self, args: list[str]) -> tuple[Any, ...]:
+        """The dataclasses from checked ``args`` (``--config PATH`` first when given): the YAML's
+        ``env`` set in os.environ, its other values made the defaults, the command line on top."""
+        import os
+
+        import yaml
+
+        if args[:1] == ["--config"]:
+            with open(args[1], encoding="utf-8") as handle:
+                values = yaml.safe_load(handle) or {}
+            for key, value in (values.pop("env", None) or {}).items():
+                os.environ[key] = str(value)
+            for action in self._actions:
+                if action.dest in values:
+                    action.default, action.required = values[action.dest], False
+            args = args[2:]
+        return tuple(self.parse_args_into_dataclasses(args=args))
+
+
+def __getattr__(name: str):
+    """``ScriptParser``, built on TRL's TrlParser when first asked for (TRL is imported then)."""
+    if name != "ScriptParser":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from trl import TrlParser
+
+    class ScriptParser(StrictParser, TrlParser):
+        """``TrlParser`` over ``dataclass_types`` with a strict YAML ``--config`` (see module doc)."""
+
+        def _read(self, args: list[str]) -> tuple[Any, ...]:
+            return tuple(self.parse_args_and_config(args))
+
+    ScriptParser.__module__ = __name__
+    globals()["ScriptParser"] = ScriptParser
+    return ScriptParser
 
 
 def peek(argv: Sequence[str], key: str) -> str | None:

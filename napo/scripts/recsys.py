@@ -75,7 +75,7 @@ from napo.recsys.train import (
     save_checkpoint,
     split_metrics,
 )
-from napo.scripts.parser import ScriptParser, fail, peek
+from napo.scripts.parser import StrictParser, fail, peek
 from napo.utils import package_versions, set_seed, write_run_info
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -84,11 +84,11 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 def main(argv=None, default_model: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        ScriptParser((RecRunArguments, RecConfig), description=DESCRIPTION).print_help()
+        StrictParser((RecRunArguments, RecConfig), description=DESCRIPTION).print_help()
         print(f"\nCF comparators (model: {' | '.join(CF_MODELS)}; set it in the config or with --model, "
               "the recipe's default is SASRec) read these settings instead of the sequential model's, "
               "beside the run arguments above:\n")
-        print(ScriptParser((CFConfig,)).format_help().split("\n\n", 1)[1])
+        print(StrictParser((CFConfig,)).format_help().split("\n\n", 1)[1])
         return 0
     if (peek(argv, "model") or default_model) in CF_MODELS:
         return train_cf(argv)
@@ -97,7 +97,7 @@ def main(argv=None, default_model: str | None = None) -> int:
 
 def train_sequential(argv) -> int:
     # Parse: YAML (--config) + command line; unknown keys stop the run with file:line:column.
-    run_args, cfg = ScriptParser((RecRunArguments, RecConfig)).parse(argv)
+    run_args, cfg = StrictParser((RecRunArguments, RecConfig)).parse(argv)
     set_seed(cfg.seed)
 
     # Data (and the checkpoint to resume from: `true` = the newest under OUT/checkpoints)
@@ -171,7 +171,7 @@ def train_sequential(argv) -> int:
 
 def train_cf(argv) -> int:
     # Parse: the same run arguments, CFConfig for the model's settings.
-    run_args, cfg = ScriptParser((RecRunArguments, CFConfig)).parse(argv)
+    run_args, cfg = StrictParser((RecRunArguments, CFConfig)).parse(argv)
     if run_args.save_every or run_args.resume_from_checkpoint:
         fail("save_every / resume_from_checkpoint: sequential models only (a CF run restarts from scratch)")
     if cfg.threads:

@@ -85,7 +85,7 @@ def test_bad_dataset_dir_is_one_line_error(tmp_path, capsys):
 
 def test_bad_flag_and_bad_value(tmp_path, cycle_dataset, capsys):
     for extra, message in ((["--hiden", "3"], "unknown command-line option '--hiden'; did you mean '--hidden'?"),
-                           (["--loss", "bpr"], "unknown loss 'bpr'")):
+                           (["--loss", "bpr"], "invalid choice: 'bpr'")):
         with pytest.raises(SystemExit) as stop:
             _recipe().main(["--dataset_dir", str(cycle_dataset), "--output_dir", str(tmp_path / "o"), *extra])
         err = capsys.readouterr().err.strip()
