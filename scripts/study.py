@@ -56,27 +56,28 @@ class Method(NamedTuple):
     base: str | None = None
 
 
+FAITHFUL = ("--napo_mode", "faithful", "--share_mode", "reuse")  # the configs' share_mode is rescore
+REUSE = ("--share_mode", "reuse")
 METHODS = {
     "DPO": Method("dpo"),
     "S-DPO K=3": Method("sdpo"),
     "S-DPO K=19": Method("sdpo", ("--num_negatives", "19")),
-    "NAPO faithful": Method("napo", ("--napo_mode", "faithful")),
-    "NAPO reuse": Method("napo", ("--share_mode", "reuse")),
+    "NAPO faithful": Method("napo", FAITHFUL),
+    "NAPO reuse": Method("napo", REUSE),
     "NAPO rescore": Method("napo", ("--share_mode", "rescore")),
     "NAPO no sharing": Method("napo", ("--share_negatives", "false")),
     "NAPO fixed margin": Method("napo", ("--share_mode", "rescore", "--margin_alpha", "0")),
     # the reference's margin (form and M_t over the pool) with corrected sharing
     "NAPO reference margin": Method("napo", ("--share_mode", "rescore", "--margin_form", "reference",
                                              "--margin_scores", "pool")),
-    # ablations: one of the ways faithful and reuse differ, switched alone
-    "NAPO faithful grad": Method("napo", ("--napo_mode", "faithful", "--detach_negatives", "false"), "NAPO faithful"),
-    "NAPO reuse nograd": Method("napo", ("--share_mode", "reuse", "--detach_negatives", "true"), "NAPO reuse"),
-    "NAPO faithful masked": Method("napo", ("--napo_mode", "faithful", "--mask_collisions", "true"), "NAPO faithful"),
-    "NAPO reuse unmasked": Method("napo", ("--share_mode", "reuse", "--mask_collisions", "false"), "NAPO reuse"),
-    "NAPO faithful corrected-margin": Method("napo", ("--napo_mode", "faithful", "--margin_form", "corrected",
-                                                      "--margin_scores", "own"), "NAPO faithful"),
-    "NAPO faithful no-dropout": Method("napo", ("--napo_mode", "faithful", "--disable_dropout", "true"),
-                                       "NAPO faithful"),
+    # ablations: one of the ways faithful and reuse differ (docs/reproduction.md), switched alone
+    "NAPO faithful grad": Method("napo", (*FAITHFUL, "--detach_negatives", "false"), "NAPO faithful"),
+    "NAPO reuse nograd": Method("napo", (*REUSE, "--detach_negatives", "true"), "NAPO reuse"),
+    "NAPO faithful masked": Method("napo", (*FAITHFUL, "--mask_collisions", "true"), "NAPO faithful"),
+    "NAPO reuse unmasked": Method("napo", (*REUSE, "--mask_collisions", "false"), "NAPO reuse"),
+    "NAPO faithful corrected-margin": Method("napo", (*FAITHFUL, "--margin_form", "corrected", "--margin_scores", "own"),
+                                             "NAPO faithful"),
+    "NAPO faithful no-dropout": Method("napo", (*FAITHFUL, "--disable_dropout", "true"), "NAPO faithful"),
 }
 # (A, B): A - B is printed. Every ablation is also compared with its base (added below).
 COMPARISONS = [

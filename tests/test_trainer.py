@@ -361,9 +361,9 @@ def test_faithful_trains_with_the_adapters_dropout(tmp_path, tiny):
     assert losses["corrected"][0] == losses["corrected"][1]
 
 
-def _train_losses(tmp_path, tiny, **overrides):
+def _train_losses(tmp_path, tiny, lora_dropout=0.1, **overrides):
     torch.manual_seed(0)
-    sft = PeftModel(load_model(tiny[0]), LoraConfig(**{**LORA, "lora_dropout": 0.1, "init_lora_weights": False}))
+    sft = PeftModel(load_model(tiny[0]), LoraConfig(**{**LORA, "lora_dropout": lora_dropout, "init_lora_weights": False}))
     trainer = make_trainer(tmp_path, tiny, model=sft, loss_type="napo", max_steps=3, train_rows=12,
                            margin_alpha=0.5, **overrides)
     trainer.train()
@@ -386,6 +386,13 @@ def test_the_five_switches_are_the_whole_difference_between_faithful_and_reuse(t
     assert faithful != reuse
     assert _train_losses(tmp_path / "f2r", tiny, napo_mode="faithful", **CORRECTED_SWITCHES) == reuse
     assert _train_losses(tmp_path / "r2f", tiny, share_mode="reuse", **REFERENCE_SWITCHES) == faithful
+
+
+def test_switched_off_dropout_trains_as_no_dropout(tmp_path, tiny):
+    """The tiny NAPO configs carry the reference's LoRA dropout 0.1 for faithful; with
+    disable_dropout (every other mode) the run is the one of lora_dropout 0.0, step for step."""
+    assert _train_losses(tmp_path / "a", tiny, share_mode="reuse") == \
+        _train_losses(tmp_path / "b", tiny, lora_dropout=0.0, share_mode="reuse")
 
 
 def test_reference_is_the_adapter_disabled_policy(tmp_path, tiny):
