@@ -306,7 +306,9 @@ def write_tables(study: Study, methods: list[str], seeds: list[int]) -> str:
         sec = row["seconds"][0]
         lines.append(f"| {method} | {len(row['seeds']) or 1} | " + " | ".join(cells)
                      + f" | {'-' if math.isnan(sec) else f'{sec:.0f}'} |")
-    paired, notes = paired_comparisons(study, seeds, a.paired_metrics)
+    wanted = {"SFT", *methods}
+    paired, notes = paired_comparisons(study, seeds, a.paired_metrics,
+                                       [c for c in COMPARISONS if set(c) <= wanted])
     lines += ["", "## Paired differences (same rows, seed by seed)", "",
               "A - B with a 95% interval (crossed bootstrap over seeds and rows; paired bootstrap over rows with "
               "one seed), the exact McNemar p for hr@k (pooled over seeds), the seed-level paired t p, and "
@@ -387,10 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         for source in dict.fromkeys(m if study.tuned(m) else METHODS[m].base for m in methods):
             study.tune(source)
             print(f"{source}: learning rate {study.learning_rate(source):g} (valid hr@1)", flush=True)
+        if not args.sft_seeds:  # the one SFT model's row, before parallel `--stage train` calls start
+            study.evaluate(study.eval_dir("SFT", 0), None, args.sft, {"method": "SFT"})
     if args.stage in ("all", "train"):
         for seed in args.seeds:
             sft = study.train_sft(seed)
-            if args.sft_seeds or seed == args.seeds[0]:
+            if args.sft_seeds or seed == args.seeds[0]:  # (a finished evaluation is never redone)
                 study.evaluate(study.eval_dir("SFT", seed), None, sft, {"method": "SFT", "seed": seed})
             for method in methods:
                 study.train(method, seed)
