@@ -368,7 +368,6 @@ class NAPOConfig(DPOConfig):
         return self.share_mode if self.share_negatives else "none"
 
 
-
 @dataclass
 class AdapterArguments:
     """Where the preference stage starts from (recipes/napo.py)."""
