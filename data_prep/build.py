@@ -78,6 +78,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataPrepError(f"--popularity-alpha {args.popularity_alpha}: must be >= 0 (0 is uniform)")
     if args.item_format not in prompts.ITEM_FORMATS:
         raise DataPrepError(f"unknown --item-format '{args.item_format}'; choose title or token")
+    args.prompt_style = getattr(args, "prompt_style", "candidates")
+    if args.prompt_style not in prompts.PROMPT_STYLES:
+        raise DataPrepError(f"unknown --prompt-style '{args.prompt_style}'; choose candidates or history")
 
 
 def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, Examples], np.ndarray, dict]:
@@ -157,7 +160,7 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
             f"{args.dataset}: only {len(items)} items but --num-candidates {args.num_candidates}; "
             "lower --num-candidates or use a larger catalogue"
         )
-    tmpl = prompts.load_templates(src.domain, args.template)
+    tmpl = prompts.load_templates(src.domain, args.template, args.prompt_style)
     lap("load")
     split_ex, counts, info = make_examples(src, args)
     split_info = {}
@@ -236,12 +239,17 @@ def _seed(*parts: int) -> np.random.SeedSequence:
 
 def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: dict | None = None) -> dict:
     recorded = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONTENT}
+    # The default prompt style is left out, so a directory prepared before the option existed
+    # keeps its fingerprint (and the auxiliary outputs made for it stay valid).
+    if recorded.get("prompt_style") == "candidates":
+        del recorded["prompt_style"]
     meta = {
         "format_version": FORMAT_VERSION,
         "dataset": args.dataset,
         "domain": src.domain,
         "num_candidates": args.num_candidates,
         "item_format": args.item_format,
+        **({"prompt_style": args.prompt_style} if "prompt_style" in recorded else {}),
         "storage": args.storage,
         "columns": list(COLUMNS),
         "args": recorded,
