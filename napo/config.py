@@ -9,7 +9,10 @@ command line. Fields left at ``None`` take the paper default of the chosen ``los
 | sdpo      | adapter   | 3             | false           | 0      | 0            |
 | napo      | none      | 3             | true            | 1      | 0.3          |
 
-(beta 1, share_ratio 0.7, margin_momentum 0.9 for all of them.) Validation happens in
+(beta 1, share_ratio 0.7, margin_momentum 0.9 for all of them.) ``napo_mode`` presets the five
+switches by which the reference code differs (``detach_negatives``, ``mask_collisions``,
+``margin_form``, ``margin_scores``, ``disable_dropout``; docs/reproduction.md): each is None by
+default and takes the preset's value, so one switch flipped alone is one ablation. Validation happens in
 ``__post_init__`` and raises ``NAPOConfigError`` with one line saying what to change.
 """
 
@@ -192,7 +195,51 @@ class NAPOConfig(DPOConfig):
         },
     )
 
+    # --- NAPO: one switch per way `faithful` differs from `corrected` (docs/reproduction.md) ----
+    # None takes the value of napo_mode, so each switch flipped alone is one ablation.
+    detach_negatives: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Detach every pooled negative log-prob, so that only the positive is trained (the "
+            "reference code with sharing on). None: on for napo_mode faithful with share_negatives, off "
+            "otherwise (the reference without sharing keeps the own negatives' gradients)."
+        },
+    )
+    mask_collisions: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Mask shared items equal to the example's positive or repeated in its pool. None: on, "
+            "off for napo_mode faithful (the reference code keeps them)."
+        },
+    )
+    margin_form: str | None = field(
+        default=None,
+        metadata={
+            "help": "'corrected': gamma_t compares M_t with the bias-corrected average of previous "
+            "training batches, clamped by margin_clamp; 'reference': the reference code's order (average "
+            "updated first, from 0, no bias correction, averaged over processes, also moved by evaluation "
+            "batches, never clamped). None: reference for napo_mode faithful, corrected otherwise.",
+            "choices": ["corrected", "reference"],
+        },
+    )
+    margin_scores: str | None = field(
+        default=None,
+        metadata={
+            "help": "Aux scores that make M_t: 'own' (the batch's own negatives, each once) or 'pool' "
+            "(every unmasked slot of each example's pool, partners' scores included, as the reference "
+            "code). None: pool for napo_mode faithful or margin_mode user, own otherwise.",
+            "choices": ["own", "pool"],
+        },
+    )
+
     # --- TrainingArguments defaults that do not suit this trainer ----------------------------
+    disable_dropout: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Switch dropout off in the policy (TRL's switch). None: on, except for napo_mode "
+            "faithful, which keeps the adapter's dropout as the reference code does."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: the collator needs the item ids and auxiliary columns."},
@@ -246,6 +293,17 @@ class NAPOConfig(DPOConfig):
             self.gamma0 = 1.0 if napo else 0.0
         if self.margin_alpha is None:
             self.margin_alpha = 0.3 if napo else 0.0
+        faithful = self.napo_mode == "faithful"
+        if self.detach_negatives is None:
+            self.detach_negatives = faithful and bool(self.share_negatives)
+        if self.mask_collisions is None:
+            self.mask_collisions = not faithful
+        if self.margin_form is None:
+            self.margin_form = "reference" if faithful else "corrected"
+        if self.margin_scores is None:
+            self.margin_scores = "pool" if faithful or self.margin_mode == "user" else "own"
+        if self.disable_dropout is None:
+            self.disable_dropout = not faithful
         # TRL's own switch for the precomputed reference path mirrors ours.
         self.precompute_ref_log_probs = self.reference == "precomputed"
 
@@ -294,6 +352,17 @@ class NAPOConfig(DPOConfig):
                      "set share_mode reuse (or leave it unset)")
             if self.margin_mode != "batch":
                 fail("napo_mode 'faithful' has the reference code's one margin per batch: set margin_mode batch")
+            if self.reference != "none":
+                fail(f"napo_mode 'faithful' is reference-free as the reference code is: set reference none "
+                     f"(got {self.reference!r})")
+            if self.length_normalize:
+                fail("napo_mode 'faithful' sums completion log-probs as the reference code does: set "
+                     "length_normalize false")
+        for name, allowed in (("margin_form", ("corrected", "reference")), ("margin_scores", ("own", "pool"))):
+            if getattr(self, name) not in allowed:
+                fail(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.margin_form == "reference" and self.margin_mode != "batch":
+            fail("margin_form 'reference' is one scalar margin per batch: set margin_mode batch")
         if self.negative_sampling == "resample" and self.dataloader_persistent_workers:
             fail(
                 "negative_sampling 'resample' draws negatives in the collator each epoch, which persistent "
@@ -304,11 +373,6 @@ class NAPOConfig(DPOConfig):
     def pool_mode(self) -> str:
         """How the negative pool is built: 'none', 'reuse' or 'rescore' (napo.sharing.build_pool)."""
         return self.share_mode if self.share_negatives else "none"
-
-    @property
-    def detach_negatives(self) -> bool:
-        """napo_mode 'faithful': every negative's log-prob is detached, as in the reference code."""
-        return self.napo_mode == "faithful"
 
 
 @dataclass

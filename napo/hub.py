@@ -110,7 +110,8 @@ _OBJECTIVE_KEYS = {
     "sdpo": ("loss_type", "beta", "num_negatives", "reference", "negative_sampling", "length_normalize"),
     "napo": ("loss_type", "beta", "num_negatives", "reference", "negative_sampling", "length_normalize",
              "share_negatives", "share_ratio", "similarity", "share_mode", "napo_mode", "gamma0",
-             "margin_alpha", "margin_momentum", "margin_mode", "margin_clamp"),
+             "margin_alpha", "margin_momentum", "margin_mode", "margin_clamp", "detach_negatives",
+             "mask_collisions", "margin_form", "margin_scores", "disable_dropout"),
 }
 _TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "num_train_epochs", "max_steps",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "seed")

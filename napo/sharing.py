@@ -1,8 +1,10 @@
 """NAPO's negative pool: each example's own negatives, plus its most similar peers' when sharing.
 
 In a global batch of N examples (all processes; rank r holds global rows r*B .. r*B+B-1), example
-n takes the K negatives of its S = floor(rho * (N - 1)) most similar OTHER examples (dot or
-cosine of the auxiliary user vectors; ties go to the lower row index). Its pool is its own K
+n takes the K negatives of its S = int(rho * (N - 1)) most similar OTHER examples (dot or
+cosine of the auxiliary user vectors; ties go to the lower row index). "Other" is by dataset row
+id, as in the reference code: every gathered row with the example's own id (itself, and the
+duplicates a distributed sampler pads an uneven split with) is excluded. Its pool is its own K
 negatives, then the partners' S * K in partner order. A shared item is masked out when it equals
 the example's own positive or an item already in the pool (own or an earlier partner's).
 
@@ -62,21 +64,38 @@ class NegativePool:
 
 
 def num_partners(n: int, ratio: float) -> int:
-    """S = floor(ratio * (n - 1)); the epsilon keeps e.g. 0.6 * 5 from flooring to 2."""
+    """S = int(ratio * (n - 1)) in Python floats, the reference code's count (rho 0.7, N 91: 62,
+    since 0.7 * 90 is 62.99999999999999)."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"share ratio (rho) must be in [0, 1], got {ratio}")
-    return max(0, math.floor(ratio * (n - 1) + 1e-9))
+    return max(0, int(float(ratio) * (n - 1)))
 
 
-def select_partners(user_vectors: Tensor, ratio: float, similarity: str = "dot") -> Tensor:
+def _excluded(n: int, row_ids: Tensor | None, device) -> Tensor:
+    """[N, N] bool: True where column m may not be row n's partner (same dataset row id, or
+    m == n when no ids are given)."""
+    if row_ids is None:
+        return torch.eye(n, dtype=torch.bool, device=device)
+    row_ids = row_ids.reshape(-1).to(device)
+    if row_ids.shape[0] != n:
+        raise ValueError(f"row_ids must hold one id per row ({n}), got shape {tuple(row_ids.shape)}")
+    return row_ids[:, None] == row_ids[None, :]
+
+
+def select_partners(user_vectors: Tensor, ratio: float, similarity: str = "dot",
+                    row_ids: Tensor | None = None) -> Tensor:
     """Global row indices of each row's S most similar other rows, most similar first.
 
     Args:
         user_vectors: [N, d] the global batch's auxiliary user vectors.
-        ratio: rho; S = floor(rho * (N - 1)).
+        ratio: rho; S = int(rho * (N - 1)).
         similarity: "dot" or "cosine".
+        row_ids: [N] dataset row ids: rows sharing an example's id are never its partners (the
+            reference code's rule); None excludes the diagonal only.
     Returns:
         LongTensor [N, S]; ties are broken by the lower row index (deterministic on every rank).
+        When fewer than S rows are eligible, the last columns hold excluded rows:
+        ``gather_pool_ids`` masks their slots.
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
@@ -86,7 +105,7 @@ def select_partners(user_vectors: Tensor, ratio: float, similarity: str = "dot")
     if similarity == "cosine":
         vectors = F.normalize(vectors, dim=-1)
     sim = vectors @ vectors.T  # [N, N]
-    sim.fill_diagonal_(-math.inf)  # never oneself
+    sim = sim.masked_fill(_excluded(n, row_ids, sim.device), -math.inf)
     order = torch.sort(sim, dim=-1, descending=True, stable=True).indices  # stable: index ties
     return order[:, :s]
 
@@ -162,6 +181,7 @@ def gather_pool_ids(
     similarity: str = "dot",
     exclude_collisions: bool = True,
     extras: dict[str, Tensor] | None = None,
+    row_ids: Tensor | None = None,
 ) -> NegativePool:
     """The extended pool's item ids and mask for each local example (no log-probs).
 
@@ -172,20 +192,35 @@ def gather_pool_ids(
         exclude_collisions: mask shared items equal to the own positive or already in the pool
             (the reference code does not; pass False to reproduce that).
         extras: name -> [B, K] per-negative tensors (e.g. aux scores) to pool alike, detached.
+        row_ids: [B] dataset row ids (the batch's ``example_idx``): a gathered row with the
+            example's own id is never its partner. None: only the example itself is excluded.
     Returns:
         NegativePool with ids, mask, shared, partners, extras (logps None).
+    Raises:
+        ValueError: an id of -1 (unknown item) in a real own slot or as a positive: pooling
+            compares items by id, so unknown ids would silently drop every borrowed slot.
     """
-    _check_equal_shapes(rejected_ids)
-    rank, _ = _world()
     b, k = rejected_ids.shape
     own_mask = (
         torch.ones_like(rejected_ids, dtype=torch.bool)
         if rejected_mask is None
         else rejected_mask.to(torch.bool)
     )
-    partners = select_partners(_gather(user_vectors), ratio, similarity)[rank * b : (rank + 1) * b]
+    if bool((rejected_ids[own_mask] < 0).any()) or bool((chosen_ids < 0).any()):
+        raise ValueError(
+            "negative sharing needs item ids, got -1 (unknown item) in a real slot: prepare the data "
+            "with data_prep (target and candidates columns) or turn sharing off"
+        )
+    _check_equal_shapes(rejected_ids)
+    rank, _ = _world()
+    global_ids = None if row_ids is None else _gather(row_ids)
+    partners = select_partners(_gather(user_vectors), ratio, similarity, row_ids=global_ids)
+    partners = partners[rank * b : (rank + 1) * b]  # [B, S]
     ids = _pool(_gather(rejected_ids), rejected_ids, partners)  # [B, P]
     mask = _pool(_gather(own_mask), own_mask, partners)  # [B, P]
+    if global_ids is not None:  # fewer eligible rows than S: the excluded ones fill the tail
+        eligible = global_ids[partners] != row_ids.reshape(-1, 1)  # [B, S]
+        mask[:, k:] &= eligible.repeat_interleave(k, dim=1)
     shared = torch.arange(ids.shape[1], device=ids.device) >= k  # [P]
     shared = shared.expand_as(ids)
     if exclude_collisions:
@@ -213,13 +248,14 @@ def share_negatives(
     differentiable_gather: bool = True,
     exclude_collisions: bool = True,
     extras: dict[str, Tensor] | None = None,
+    row_ids: Tensor | None = None,
 ) -> NegativePool:
     """The extended pool with the partners' log-probs reused as computed under their prompts.
 
     Args:
         rejected_logps: [B, K] the own negatives' log-probs (policy, with grad).
         rejected_ids, rejected_mask, chosen_ids, user_vectors, ratio, similarity,
-            exclude_collisions: as in ``gather_pool_ids``.
+            exclude_collisions, row_ids: as in ``gather_pool_ids``.
         detach: detach every negative (the reference code); otherwise gradients are kept.
         differentiable_gather: without ``detach``, route gradients of negatives borrowed from
             other processes back to their owner instead of detaching them.
@@ -238,6 +274,7 @@ def share_negatives(
         similarity=similarity,
         exclude_collisions=exclude_collisions,
         extras=extras,
+        row_ids=row_ids,
     )
     if pool.partners.shape[1] == 0:  # nothing to borrow (S = 0): skip the collectives
         pool.logps = rejected_logps.detach() if detach else rejected_logps
@@ -302,6 +339,7 @@ def build_pool(
     differentiable_gather: bool = True,
     mask_collisions: bool = True,
     item_vectors: Tensor | None = None,
+    row_ids: Tensor | None = None,
 ) -> NegativePool:
     """Each example's negative pool with policy (and reference) log-probs and auxiliary scores.
 
@@ -319,6 +357,7 @@ def build_pool(
             the reference code does not).
         item_vectors: [num_items, d] the auxiliary model's item vectors: borrowed items then get
             the example's OWN auxiliary score <user_vector, item_vector> instead of the partner's.
+        row_ids: [B] dataset row ids (reuse): rows with an example's own id are not its partners.
     Returns:
         NegativePool: logps [B, P]; extras "ref" [B, P] (when ref_logps) and "aux" [B, P] (when
         aux_scores); ids, mask, shared, partners.
@@ -343,6 +382,7 @@ def build_pool(
             logps[:, 1:], item_ids[:, 1:], own_mask, item_ids[:, 0], user_vectors,
             ratio=ratio, similarity=similarity, detach=detach_negatives,
             differentiable_gather=differentiable_gather, exclude_collisions=mask_collisions, extras=extras,
+            row_ids=row_ids,
         )
     else:
         if ref_logps is not None:

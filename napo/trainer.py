@@ -8,7 +8,7 @@ This class replaces only what a listwise objective must (each pinned by tests/te
 - ``_set_signature_columns_if_needed``: the tokenized / auxiliary columns;
 - ``_precompute_ref_logps``: reference log-probs of all 1+R completions, one pass before training;
 - ``compute_loss``: scoring (napo.scoring) -> sharing (napo.sharing) -> margin (napo.margin) ->
-  loss (napo.losses), plus metrics;
+  loss (napo.losses), plus metrics (napo.batch_metrics);
 - ``prediction_step``: evaluation returns the loss only (there are no logits to return).
 
 The model card and the Hub push are ``napo.hub.RunCardMixin``'s (our card, one upload per push).
@@ -35,6 +35,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from napo.auxiliary import load_item_vectors
+from napo.batch_metrics import batch_metrics
 from napo.checkpoints import resolve_resume
 from napo.collator import (
     AUX_SCORES,
@@ -47,7 +48,7 @@ from napo.collator import (
 )
 from napo.config import NAPOConfig, NAPOConfigError
 from napo.hub import RunCardMixin
-from napo.losses import listwise_preference_loss, preference_rewards
+from napo.losses import listwise_preference_loss
 from napo.margin import DynamicMargin
 from napo.scoring import borrowed_completions, completion_logps
 from napo.sharing import borrowed_items, build_pool, gather_pool_ids, rescore_batch
@@ -190,7 +191,7 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
                 momentum=args.margin_momentum,
                 mode=args.margin_mode,
                 clamp_min=0.0 if args.margin_clamp else None,
-                faithful=args.napo_mode == "faithful",
+                faithful=args.margin_form == "reference",
             )
         if args.share_negatives and args.margin_mode == "user" and args.margin_alpha > 0 and args.aux_dir:
             # a borrowed item's margin score must be relative to the borrowing user's history
@@ -326,8 +327,8 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
         if self.share_mode == "rescore":
             planned = gather_pool_ids(
                 item_ids[:, 1:], own_mask, item_ids[:, 0], inputs[AUX_VECTOR],
-                ratio=args.share_ratio, similarity=args.similarity,
-                extras={"aux": own_aux} if own_aux is not None else None,
+                ratio=args.share_ratio, similarity=args.similarity, exclude_collisions=args.mask_collisions,
+                extras={"aux": own_aux} if own_aux is not None else None, row_ids=inputs["example_idx"],
             )
             titles = [[self._item_titles[i] for i in row] for row in borrowed_items(planned)]
             listwise, borrowed = borrowed_completions(
@@ -351,7 +352,7 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
             user_vectors=inputs.get(AUX_VECTOR), planned=planned, slot=slot,
             ratio=args.share_ratio, similarity=args.similarity,
             detach_negatives=args.detach_negatives, differentiable_gather=args.differentiable_gather,
-            mask_collisions=args.napo_mode != "faithful", item_vectors=self._item_vectors,
+            mask_collisions=args.mask_collisions, item_vectors=self._item_vectors, row_ids=inputs["example_idx"],
         )
         chosen, ref_chosen = logps[:, 0], (ref[:, 0] if ref is not None else None)
         gamma = self._margin(own_aux, own_mask, pool, training=self.model.training)
@@ -372,43 +373,26 @@ class NAPOTrainer(RunCardMixin, DPOTrainer):
             return 0.0
         if self.args.margin_alpha == 0.0 or own_aux is None:
             return torch.tensor(self.args.gamma0, device=self.accelerator.device)
-        if self.args.margin_mode == "user" or self.args.napo_mode == "faithful":
-            # each example's pool (faithful: the reference code's M_t over the local pool, partners'
-            # scores and duplicates included)
+        if self.args.margin_scores == "pool":
+            # each example's pool (the reference code's M_t: partners' scores included, and repeats
+            # unless mask_collisions)
             return self.margin(pool.extras["aux"], pool.mask, training=training)
         return self.margin(own_aux, own_mask, training=training)  # every negative of the batch once
 
     def _record_metrics(self, mode, chosen, ref_chosen, pool, gamma):
-        """Batch metrics under TRL's keys, each a mean over the GLOBAL batch (one gathered path)."""
-        rewards = preference_rewards(
-            chosen.detach(), pool.logps.detach(), ref_chosen, pool.extras.get("ref"), beta=self.args.beta,
-            rejected_mask=pool.mask,
-        )
-        maskf = rewards.mask.float()
-        gamma_rows = gamma.detach().float().expand_as(chosen) if torch.is_tensor(gamma) else torch.full_like(chosen, gamma)
-        stats = {  # key: (per-row value, per-row weight or None for a plain mean)
-            "rewards/chosen": (rewards.chosen, None),
-            "rewards/rejected": ((rewards.rejected * maskf).sum(-1), maskf.sum(-1)),
-            "rewards/margins": (rewards.margins, None),
-            "rewards/accuracies": (rewards.accuracies, None),
-            "logps/chosen": (chosen.detach(), None),
-            "logps/rejected": (torch.where(rewards.mask, pool.logps.detach(), 0.0).sum(-1), maskf.sum(-1)),
-            "napo/pool_size": (maskf.sum(-1), None),
-            "napo/shared_fraction": ((pool.shared & rewards.mask).float().sum(-1), maskf.sum(-1)),
-            "napo/gamma": (gamma_rows, None),
-        }
-        if self.margin is not None and self.margin.last:  # the margin's inputs (same on every rank)
-            for name in ("m_t", "m_bar"):
-                if self.margin.last.get(name) is not None:
-                    stats[f"napo/{name}"] = (torch.full_like(chosen, self.margin.last[name]), None)
+        """``napo.batch_metrics``: the reference's ``rewards/*``, ``logps/*`` over the own negatives
+        of the LOCAL batch; ``pool/*`` and ``napo/*`` over the GLOBAL batch (one gathered path)."""
+        local, stats = batch_metrics(chosen, ref_chosen, pool, gamma, beta=self.args.beta,
+                                     margin_state=self.margin.last if self.margin is not None else None)
         gather = self.accelerator.gather
-        for key, (value, weight) in stats.items():
-            value = gather(value.float().contiguous())
-            if weight is None:
-                self._metrics[mode][key].append(value.mean().item())
-            else:
-                weight = gather(weight.float().contiguous())
-                self._metrics[mode][key].append((value.sum() / weight.sum().clamp(min=1)).item())
+        for group, reduce in ((local, lambda x: x), (stats, gather)):
+            for key, (value, weight) in group.items():
+                value = reduce(value.float().contiguous())
+                if weight is None:
+                    self._metrics[mode][key].append(value.mean().item())
+                else:
+                    weight = reduce(weight.float().contiguous())
+                    self._metrics[mode][key].append((value.sum() / weight.sum().clamp(min=1)).item())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the loss only (metrics are recorded by compute_loss; no logits exist)."""

@@ -56,7 +56,7 @@ def evaluate(model: str, out: Path, args) -> dict:
     if not metrics_file.is_file():
         run([sys.executable, str(REPO / "recipes" / "evaluate.py"), "--model_name_or_path", model,
              "--dataset_dir", args.dataset_dir, "--split", args.split, "--mode", "rank",
-             "--max_examples", str(args.eval_examples), "--sample_seed", str(args.seed),
+             "--max_examples", str(args.eval_examples), "--sample_seed", str(args.sample_seed),
              "--batch_size", str(args.eval_batch_size), "--output_dir", str(out), "--no_progress"],
             out.parent / f"{out.name}.log")
     return json.loads(metrics_file.read_text())["rank"]
@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="hr@1", help="rank metric to select on (hr@1, ndcg@10, mrr, ...)")
     p.add_argument("--eval_examples", type=int, default=1000, help="valid rows scored per point (a seeded sample)")
     p.add_argument("--eval_batch_size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42, help="training seed of every point and the row sample's seed")
+    p.add_argument("--seed", type=int, default=42, help="training seed of every point (and the row sample's seed "
+                   "unless --sample_seed)")
+    p.add_argument("--sample_seed", type=int, help="seed of the sampled evaluation rows (default: --seed)")
     args = p.parse_args(argv)
+    if args.sample_seed is None:
+        args.sample_seed = args.seed
     if args.split == "test":
         p.error("--split test: model selection must not look at the test split; use valid")
     grid = parse_grid(args.grid)
@@ -108,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ranked = sorted(rows, key=lambda r: -r[args.metric])
     keys = [k for k in ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr") if k in rows[0]]
-    lines = [f"Sweep of {args.config} on {args.split} ({args.eval_examples} sampled rows, seed {args.seed}), "
+    lines = [f"Sweep of {args.config} on {args.split} ({args.eval_examples} sampled rows, sample seed "
+             f"{args.sample_seed}, training seed {args.seed}), "
              f"best first by {args.metric}.", "", "| point | " + " | ".join(keys) + " |",
              "|---|" + "---|" * len(keys)]
     lines += [f"| {r['point']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |" for r in ranked]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     (out / "sweep.json").write_text(json.dumps({"config": args.config, "split": args.split, "metric": args.metric,
                                                 "eval_examples": args.eval_examples, "seed": args.seed,
+                                                "sample_seed": args.sample_seed,
                                                 "extra_args": extra, "rows": ranked}, indent=2) + "\n")
     print("\n".join(lines))
     best = next((r for r in ranked if r["point"] != "baseline"), None)

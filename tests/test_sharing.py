@@ -19,13 +19,67 @@ from napo.sharing import (
 )
 
 
-def test_num_partners():
-    assert num_partners(16, 0.7) == 10  # the paper: 4 GPUs x 4, rho 0.7 -> 10 users
-    assert num_partners(16, 1.0) == 15
-    assert num_partners(6, 0.6) == 3  # 0.6 * 5 is 2.9999999999999996 in floating point
-    assert num_partners(1, 0.7) == 0 and num_partners(8, 0.0) == 0
+@pytest.mark.parametrize("rho, n, expected", [
+    (0.7, 16, 10),  # the paper: 4 GPUs x 4, rho 0.7 -> 10 users
+    (1.0, 16, 15),
+    (0.5, 16, 7),
+    (0.8, 16, 12),
+    (0.6, 6, 3),
+    (0.7, 4, 2),
+    (0.7, 91, 62),  # 0.7 * 90 is 62.99999999999999: the reference's int() gives 62
+    (0.35, 181, 62),  # 0.35 * 180 likewise
+    (0.7, 2, 0),
+    (0.7, 1, 0),
+    (0.0, 8, 0),
+])
+def test_num_partners_is_the_reference_count(rho, n, expected):
+    assert num_partners(n, rho) == expected
+
+
+def test_num_partners_rejects_a_ratio_outside_0_1():
     with pytest.raises(ValueError, match="rho"):
         num_partners(8, 1.5)
+
+
+def test_partners_exclude_every_row_with_the_same_id():
+    """A distributed sampler pads an uneven split with repeated rows: a repeat has the same
+    dataset id and the same user vector, so it would be an example's most similar partner. The
+    reference excludes every gathered row with the example's id, not only the diagonal."""
+    users = torch.tensor([[1.0, 0.0], [0.6, 0.2], [0.0, 1.0], [1.0, 0.0]])  # row 3 repeats row 0
+    ids = torch.tensor([7, 8, 9, 7])
+    assert select_partners(users, 1 / 3).tolist() == [[3], [0], [1], [0]]  # diagonal only
+    assert select_partners(users, 1 / 3, row_ids=ids).tolist() == [[1], [0], [1], [1]]
+    # rho 1: S = 3 but rows 0 and 3 have only 2 eligible partners; the excluded one fills the tail
+    # and its slots are masked
+    rejected = torch.tensor([[10], [11], [12], [10]])
+    pool = gather_pool_ids(rejected, None, torch.tensor([1, 2, 3, 1]), users, ratio=1.0, row_ids=ids)
+    assert pool.partners[0].tolist() == [1, 2, 0]  # the -inf tail, lowest index first
+    assert pool.ids[0].tolist() == [10, 11, 12, 10] and pool.mask[0].tolist() == [True, True, True, False]
+    loose = gather_pool_ids(rejected, None, torch.tensor([1, 2, 3, 1]), users, ratio=1.0, row_ids=ids,
+                            exclude_collisions=False)  # masked for exclusion, not as a collision
+    assert loose.mask[0].tolist() == [True, True, True, False] and loose.mask[1].all()
+
+
+@pytest.mark.parametrize("where", ["positive", "negative"])
+def test_unknown_item_ids_raise_instead_of_dropping_borrowed_slots(where):
+    batch = _batch(n=4, k=2, seed=8)
+    rejected, chosen = batch["rejected_ids"].clone(), batch["chosen_ids"].clone()
+    mask = torch.ones_like(rejected, dtype=torch.bool)
+    if where == "positive":
+        chosen[:] = -1
+    else:
+        rejected[1, 0] = -1
+    with pytest.raises(ValueError, match="needs item ids"):
+        gather_pool_ids(rejected, mask, chosen, batch["user_vectors"], ratio=0.7)
+    item_ids = torch.cat([chosen[:, None], rejected], 1)
+    logps = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs item ids"):
+        build_pool("reuse", logps, None, item_ids, mask, user_vectors=batch["user_vectors"])
+    build_pool("none", logps, None, item_ids, mask)  # no sharing: ids are not needed
+    if where == "negative":  # -1 on a padded (masked) slot is the collator's filler: fine
+        mask[1, 0] = False
+        pool = gather_pool_ids(rejected, mask, chosen, batch["user_vectors"], ratio=0.7)
+        assert pool.mask[:, 2:].any()
 
 
 def test_select_partners_two_clusters():

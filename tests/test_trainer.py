@@ -87,11 +87,34 @@ def test_config_defaults_follow_loss_type(tmp_path):
     (dict(loss_type="napo", aux_dir="a", share_ratio=1.5), "share_ratio"),
     (dict(loss_type="sdpo", share_negatives=True, share_mode="rescore", aux_dir="a", reference="precomputed"),
      "no precomputed reference"),
+    (dict(loss_type="napo", aux_dir="a", napo_mode="faithful", reference="adapter"), "set reference none"),
+    (dict(loss_type="napo", aux_dir="a", napo_mode="faithful", length_normalize=True), "set length_normalize false"),
+    (dict(loss_type="napo", aux_dir="a", margin_form="reference", margin_mode="user"), "set margin_mode batch"),
+    (dict(loss_type="napo", aux_dir="a", margin_scores="everyone"), "margin_scores must be one of own, pool"),
 ])
 def test_config_errors_are_one_clear_line(tmp_path, kwargs, message):
     with pytest.raises(NAPOConfigError, match=message) as err:
         NAPOConfig(output_dir=str(tmp_path), **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    # (detach_negatives, mask_collisions, margin_form, margin_scores, disable_dropout)
+    (dict(), (False, True, "corrected", "own", True)),
+    (dict(margin_mode="user"), (False, True, "corrected", "pool", True)),
+    (dict(napo_mode="faithful"), (True, False, "reference", "pool", False)),
+    # the reference without sharing keeps the own negatives' gradients
+    (dict(napo_mode="faithful", share_negatives=False), (False, False, "reference", "pool", False)),
+    # each switch set alone overrides its preset and nothing else
+    (dict(napo_mode="faithful", detach_negatives=False), (False, False, "reference", "pool", False)),
+    (dict(share_mode="reuse", mask_collisions=False), (False, False, "corrected", "own", True)),
+    (dict(margin_form="reference", margin_scores="pool"), (False, True, "reference", "pool", True)),
+    (dict(napo_mode="faithful", disable_dropout=True), (True, False, "reference", "pool", True)),
+])
+def test_napo_mode_presets_the_five_switches(tmp_path, kwargs, expected):
+    args = NAPOConfig(output_dir=str(tmp_path), loss_type="napo", aux_dir="a", **kwargs)
+    assert (args.detach_negatives, args.mask_collisions, args.margin_form, args.margin_scores,
+            args.disable_dropout) == expected
 
 
 def test_reference_adapter_needs_lora(tmp_path, tiny):
@@ -131,7 +154,7 @@ def hand_loss(trainer, rows, batch, gamma=None):
     user = torch.tensor([row["aux_user_vector"] for row in rows], dtype=torch.float64)
     sim = user @ user.T
     sim.fill_diagonal_(-math.inf)
-    num_partners = math.floor(args.share_ratio * (n - 1) + 1e-9) if args.share_negatives else 0
+    num_partners = int(args.share_ratio * (n - 1)) if args.share_negatives else 0
     losses = []
     for b in range(n):
         chosen = item_ids[b][0]
@@ -181,6 +204,8 @@ def test_loss_equals_hand_assembled(tmp_path, tiny, overrides):
     else:
         assert logged["napo/pool_size"][-1] == k and logged["napo/shared_fraction"][-1] == 0
     assert logged["napo/gamma"][-1] == pytest.approx(trainer.args.gamma0)
+    # the reference's accuracy is over the own negatives: never below the pool's (a superset)
+    assert logged["rewards/accuracies"][-1] >= logged["pool/rewards/accuracies"][-1]
 
 
 def _own_negative_scores(batch):
@@ -228,7 +253,7 @@ def test_faithful_margin_uses_the_whole_reused_pool(tmp_path, tiny):
     user = batch["aux_user_vector"].double()
     sim = user @ user.T
     sim.fill_diagonal_(-math.inf)
-    s = math.floor(0.7 * 3 + 1e-9)
+    s = int(0.7 * 3)
     scores = []
     for b in range(4):
         partners = sorted(range(4), key=lambda j: (-sim[b, j].item(), j))[:s]
@@ -276,6 +301,102 @@ def test_gradient_reaches_a_borrowed_negative_only_where_it_should(tmp_path, tin
         assert grad[b, k + 1:].abs().sum() > 0  # the borrowed items, scored in b's own row
     else:
         assert grad[:, 1:].abs().sum() == 0
+
+
+def _negative_gradient(trainer, monkeypatch):
+    """d (mean loss of a 4-row batch) / d (every scored log-prob), [B, M]."""
+    import napo.trainer as trainer_module
+
+    captured = {}
+    real = trainer_module.completion_logps
+
+    def spy(model, batch, **kwargs):
+        out = real(model, batch, **kwargs)
+        captured["logps"] = out[0]
+        return out
+
+    monkeypatch.setattr(trainer_module, "completion_logps", spy)
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    loss = trainer.compute_loss(trainer.model, batch)
+    (grad,) = torch.autograd.grad(loss, captured["logps"])
+    return grad
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_faithful_detaches_negatives_only_with_sharing(tmp_path, tiny, monkeypatch, share):
+    """The reference code computes its all-gathered pool under no_grad and, with sharing, reads
+    the own negatives from it; without sharing (batch_shared=False) the own negatives keep their
+    gradient: a true softmax-SimPO."""
+    trainer = make_trainer(tmp_path, tiny, loss_type="napo", napo_mode="faithful", share_negatives=share,
+                           margin_alpha=0.0)
+    grad = _negative_gradient(trainer, monkeypatch)
+    assert grad[:, 0].abs().sum() > 0  # the positives are trained either way
+    k = trainer.args.num_negatives
+    if share:
+        assert grad[:, 1:].abs().sum() == 0
+    else:
+        assert (grad[:, 1:k + 1].abs() > 0).all()  # every own negative is pushed down
+
+
+def test_faithful_trains_with_the_adapters_dropout(tmp_path, tiny):
+    """TRL switches dropout off by default; the reference code keeps the SFT adapter's LoRA
+    dropout (0.1). faithful keeps it: two training-mode passes over one batch differ, and agree
+    in eval mode; the corrected default still switches it off."""
+    losses = {}
+    for mode in ("faithful", "corrected"):
+        torch.manual_seed(0)
+        sft = PeftModel(load_model(tiny[0]), LoraConfig(**{**LORA, "lora_dropout": 0.1, "init_lora_weights": False}))
+        trainer = make_trainer(tmp_path / mode, tiny, model=sft, loss_type="napo", napo_mode=mode,
+                               share_mode="reuse", margin_alpha=0.0)
+        rates = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert rates == ({0.1} if mode == "faithful" else {0.0})
+        rows = [trainer.train_dataset[i] for i in range(4)]
+        batch = trainer._prepare_inputs(trainer.data_collator(rows))
+        with torch.no_grad():
+            trainer.model.train()
+            train = [trainer.compute_loss(trainer.model, batch).item() for _ in range(2)]
+            trainer.model.eval()
+            evals = [trainer.compute_loss(trainer.model, batch).item() for _ in range(2)]
+        assert evals[0] == evals[1]
+        losses[mode] = train
+    assert losses["faithful"][0] != losses["faithful"][1]
+    assert losses["corrected"][0] == losses["corrected"][1]
+
+
+def _train_losses(tmp_path, tiny, lora_dropout=0.1, **overrides):
+    torch.manual_seed(0)
+    sft = PeftModel(load_model(tiny[0]), LoraConfig(**{**LORA, "lora_dropout": lora_dropout, "init_lora_weights": False}))
+    trainer = make_trainer(tmp_path, tiny, model=sft, loss_type="napo", max_steps=3, train_rows=12,
+                           margin_alpha=0.5, **overrides)
+    trainer.train()
+    history = trainer.state.log_history
+    return [(h["loss"], h["napo/gamma"], h["napo/pool_size"]) for h in history if "loss" in h]
+
+
+CORRECTED_SWITCHES = dict(detach_negatives=False, mask_collisions=True, margin_form="corrected",
+                          margin_scores="own", disable_dropout=True)
+REFERENCE_SWITCHES = dict(detach_negatives=True, mask_collisions=False, margin_form="reference",
+                          margin_scores="pool", disable_dropout=False)
+
+
+def test_the_five_switches_are_the_whole_difference_between_faithful_and_reuse(tmp_path, tiny):
+    """faithful with the five switches set to corrected's values trains exactly as reuse does,
+    and reuse with the reference's values exactly as faithful: no other difference is hidden in
+    napo_mode. (LoRA dropout 0.1, so the dropout switch matters too.)"""
+    faithful = _train_losses(tmp_path / "f", tiny, napo_mode="faithful")
+    reuse = _train_losses(tmp_path / "r", tiny, share_mode="reuse")
+    assert faithful != reuse
+    assert _train_losses(tmp_path / "f2r", tiny, napo_mode="faithful", **CORRECTED_SWITCHES) == reuse
+    assert _train_losses(tmp_path / "r2f", tiny, share_mode="reuse", **REFERENCE_SWITCHES) == faithful
+
+
+def test_switched_off_dropout_trains_as_no_dropout(tmp_path, tiny):
+    """The tiny NAPO configs carry the reference's LoRA dropout 0.1 for faithful; with
+    disable_dropout (every other mode) the run is the one of lora_dropout 0.0, step for step."""
+    assert _train_losses(tmp_path / "a", tiny, share_mode="reuse") == \
+        _train_losses(tmp_path / "b", tiny, lora_dropout=0.0, share_mode="reuse")
 
 
 def test_reference_is_the_adapter_disabled_policy(tmp_path, tiny):
