@@ -4,7 +4,7 @@ CF-protocol directory (`python -m data_prep ... --protocol cf`): config, data, s
     napo-recsys --config recipes/configs/ml-100k/mf-bpr.yaml \
         --dataset_dir runs/data/ml-100k-cf --output_dir runs/cf/mf-bpr [--seed 1] [--tau 0.1]
 
-(`python recipes/recsys.py` is the same; `python -m napo.recsys.cf_train` is an alias of it.)
+(`python recipes/recsys.py` is the same: this module is library code, with no `-m` entry.)
 Every CFConfig field can be set in the YAML file and overridden on the command line. Protocol:
 full ranking over all items; the user's training items are excluded (at test also the
 validation items); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
@@ -18,7 +18,6 @@ OUT/metrics.json (recall@k, ndcg@k, pop/... on test; valid/...; train/...), OUT/
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from napo.recsys.cf import (
 )
 from napo.recsys.loop import FitResult, run_epochs
 from napo.recsys.shapley import ShapleySampler, ShapleySettings
+from napo.threads import POLICIES, apply_threads
 
 KS = (10, 20, 50)
 SAMPLERS = ("uniform", "shapley")
@@ -72,9 +72,12 @@ class CFConfig:
     eval_every: int = field(default=5, metadata={"help": "epochs between validations"})
     patience: int = field(default=5, metadata={"help": "validations without improvement before stopping"})
     select_metric: str = field(default="ndcg@20", metadata={"help": "valid metric for model selection"})
-    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock training budget (0 = none)"})
+    max_minutes: float = field(default=0.0, metadata={"help": "safety valve only: stop after this many minutes (0 = off); "
+                                                              "a run it stops says so (train/stopped_by_clock)"})
     seed: int = field(default=42, metadata={"help": "random seed (init, shuffling, negatives)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (0 = leave as is)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads at most (0 = OMP_NUM_THREADS when set, else every usable core)"})
+    thread_policy: str = field(default="adaptive", metadata={"help": "adaptive (fewer threads while other processes keep "
+                                                                   "the cores busy, re-checked every epoch; napo.threads) or fixed (exactly `threads`)"})
     shapley_warmup_epochs: int = field(default=20, metadata={"help": "uniform BPR epochs before the first valuation"})
     shapley_refresh_epochs: int = field(default=10, metadata={"help": "epochs between valuations"})
     shapley_rounds: int = field(default=3, metadata={"help": "valuations at most"})
@@ -88,7 +91,7 @@ class CFConfig:
 
     def __post_init__(self):
         choices = {"model": CF_MODELS, "loss": LOSSES, "activation": PSL_ACTIVATIONS,
-                   "sampler": SAMPLERS}
+                   "sampler": SAMPLERS, "thread_policy": POLICIES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -209,6 +212,7 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
     `eval_every` epochs (default: valid `select_metric` of the CF protocol; pass
     `validate(model) -> float` to override)."""
     start = time.time()
+    threads = apply_threads(cfg.threads, cfg.thread_policy)
     validate = validate or (lambda m: evaluate(model_scorer(m, cfg), data, "valid", KS)[cfg.select_metric])
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     t_user, t_item = data.train
@@ -243,7 +247,7 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
 
     return run_epochs(model, train_epoch, validate, max_epochs=cfg.max_epochs, eval_every=cfg.eval_every,
                       patience=cfg.patience, max_minutes=cfg.max_minutes, desc=f"{cfg.model}-{cfg.loss}",
-                      progress=progress, start=start)
+                      progress=progress, start=start, threads=threads)
 
 
 def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negatives: UniformNegatives,
@@ -279,7 +283,7 @@ def build_model(cfg: CFConfig, data: CFData):
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
+# checkpoints
 
 
 def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
@@ -287,14 +291,3 @@ def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps({**asdict(cfg), **extra}, indent=2) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Alias of the recsys recipe (napo.scripts.recsys) with a CF model (default MF)."""
-    from napo.scripts.recsys import main as recsys_main
-
-    return recsys_main(argv, default_model="MF")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

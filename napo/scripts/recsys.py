@@ -9,7 +9,8 @@ GRU4Rec, Caser, DreamRec, PreferDiff) and the CF comparators (MostPop, MF, Light
 (`python recipes/recsys.py ...` is the same.) The `model` picks the settings class: a sequential
 model reads `napo.recsys.train.RecConfig`, a CF model `napo.recsys.cf_train.CFConfig`; every
 field can be set in the YAML file and overridden on the command line (--help lists both). One fit
-loop (napo.recsys.loop: eval_every, patience, max_minutes, best valid state restored). This
+loop (napo.recsys.loop: eval_every, patience, best valid state restored; `max_minutes` is a safety
+valve, and a run it stopped says so in metrics.json `train/stopped_by_clock` and run.json `fit`). This
 script imports neither TRL nor an LLM stack. The directory picks the protocol:
 
 - a candidate-list directory (`python -m data_prep ...`), sequential model: next-item rows.
@@ -81,7 +82,7 @@ from napo.utils import package_versions, set_seed, write_run_info
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
-def main(argv=None, default_model: str | None = None) -> int:
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         ScriptParser((RecRunArguments, RecConfig), description=DESCRIPTION).print_help()
@@ -90,7 +91,7 @@ def main(argv=None, default_model: str | None = None) -> int:
               "beside the run arguments above:\n")
         print(ScriptParser((CFConfig,)).format_help().split("\n\n", 1)[1])
         return 0
-    if (peek(argv, "model") or default_model) in CF_MODELS:
+    if peek(argv, "model") in CF_MODELS:
         return train_cf(argv)
     return train_sequential(argv)
 
@@ -149,7 +150,8 @@ def train_sequential(argv) -> int:
                     **sample_keys(run_args, keep)})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(run_args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": result.history},
+                         "dataset_fingerprint": meta["fingerprint"], "history": result.history,
+                         "fit": result.record()},
                    cfg.seed)
     write_card(out, {  # README.md: the model card of a recommender without an LLM (napo.cards)
         "method": cfg.model, "model_name": out.name, "command": command_line(argv, "napo-recsys"),
@@ -174,8 +176,6 @@ def train_cf(argv) -> int:
     run_args, cfg = ScriptParser((RecRunArguments, CFConfig)).parse(argv)
     if run_args.save_every or run_args.resume_from_checkpoint:
         fail("save_every / resume_from_checkpoint: sequential models only (a CF run restarts from scratch)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
 
     # Data: the directory picks the protocol (CF user-item sets, or candidate-list rows).
@@ -235,7 +235,8 @@ def train_cf(argv) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     protocol = {"protocol": "20-candidate, fold-in = mean of history item vectors"} if candidates else {}
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(run_args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": result.history, **protocol},
+                         "dataset_fingerprint": meta["fingerprint"], "history": result.history,
+                         "fit": result.record(), **protocol},
                    cfg.seed)
     name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
     name += "-shapley" if cfg.sampler == "shapley" else ""

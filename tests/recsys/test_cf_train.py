@@ -12,15 +12,18 @@ from safetensors.torch import load_file
 
 from napo.eval.metrics import set_ranking_metrics
 from napo.recsys import cf_candidates, cf_train
+from napo.scripts import recsys
 
 
-def _run(module, cf_dir, out, *extra):
-    return module.main(["--dataset_dir", str(cf_dir), "--output_dir", str(out), "--quiet", "--threads", "1",
-                        *map(str, extra)])
+def _run(cf_dir, out, *extra):
+    """The recsys recipe with a CF model (MF unless `--model` says otherwise)."""
+    model = [] if "--model" in extra else ["--model", "MF"]
+    return recsys.main(["--dataset_dir", str(cf_dir), "--output_dir", str(out), "--quiet", "--threads", "1",
+                        *model, *map(str, extra)])
 
 
 def test_mostpop_equals_independent_computation(cf_dir, tmp_path):
-    assert _run(cf_train, cf_dir / "cf", tmp_path, "--model", "MostPop") == 0
+    assert _run(cf_dir / "cf", tmp_path, "--model", "MostPop") == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     data, _ = cf_train.load_data(cf_dir / "cf")
     test, train, valid = data.by_user("test"), data.by_user("train"), data.by_user("valid")
@@ -35,7 +38,7 @@ def test_mostpop_equals_independent_computation(cf_dir, tmp_path):
 @pytest.mark.parametrize("model,loss", [("MF", "ssm"), ("LightGCN", "bpr")])
 def test_training_learns_the_groups_and_checkpoint_round_trips(cf_dir, tmp_path, model, loss):
     extra = ["--lr", "0.05" if loss == "ssm" else "0.02", "--num_negatives", "16" if loss == "ssm" else "1"]
-    assert _run(cf_train, cf_dir / "cf", tmp_path, "--model", model, "--loss", loss, "--max_epochs", "30",
+    assert _run(cf_dir / "cf", tmp_path, "--model", model, "--loss", loss, "--max_epochs", "30",
                 "--eval_every", "5", "--batch_size", "64", "--dim", "8", *extra) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     pop = cf_train.evaluate(cf_train.popularity_scorer(cf_train.load_data(cf_dir / "cf")[0]),
@@ -51,7 +54,7 @@ def test_training_learns_the_groups_and_checkpoint_round_trips(cf_dir, tmp_path,
 
 
 def test_shapley_sampler_runs_rounds_and_logs_values(cf_dir, tmp_path):
-    assert _run(cf_train, cf_dir / "cf", tmp_path, "--sampler", "shapley", "--lr", "0.02", "--max_epochs", "6",
+    assert _run(cf_dir / "cf", tmp_path, "--sampler", "shapley", "--lr", "0.02", "--max_epochs", "6",
                 "--eval_every", "3", "--batch_size", "64", "--dim", "8", "--shapley_warmup_epochs", "2",
                 "--shapley_refresh_epochs", "2", "--shapley_players", "40", "--shapley_permutations", "8",
                 "--shapley_val_users", "30", "--shapley_eta", "5") == 0
@@ -66,11 +69,11 @@ def test_unknown_config_key_is_one_line_error(cf_dir, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("model: MF\ntemprature: 0.1\n")
     with pytest.raises(SystemExit) as stop:
-        cf_train.main(["--config", str(cfg), "--dataset_dir", str(cf_dir / "cf"), "--output_dir", str(tmp_path / "o")])
+        recsys.main(["--config", str(cfg), "--dataset_dir", str(cf_dir / "cf"), "--output_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and str(cfg) in err and "temprature" in err and "\n" not in err
     with pytest.raises(SystemExit) as stop:
-        _run(cf_train, cf_dir / "cf", tmp_path / "o", "--loss", "softmax")
+        _run(cf_dir / "cf", tmp_path / "o", "--loss", "softmax")
     assert stop.value.code == 2 and "loss" in capsys.readouterr().err
 
 
@@ -87,7 +90,7 @@ def test_candidate_protocol_fold_in(cf_dir, tmp_path):
     h = torch.nn.functional.normalize(items[torch.from_numpy(rows["test"].history[0])].mean(0), dim=0)
     want = (items[torch.from_numpy(rows["test"].candidates[0])] @ h).detach().numpy()
     np.testing.assert_allclose(scores[0], want, rtol=1e-5, atol=1e-6)
-    assert _run(cf_candidates, cf_dir / "seq", tmp_path, "--model", "MF", "--loss", "ssm", "--lr", "0.05",
+    assert _run(cf_dir / "seq", tmp_path, "--model", "MF", "--loss", "ssm", "--lr", "0.05",
                 "--num_negatives", "16", "--max_epochs", "10", "--dim", "8", "--batch_size", "64") == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= m["hr@1"] <= m["hr@5"] <= m["hr@10"] == pytest.approx(1.0)  # 10 candidates
