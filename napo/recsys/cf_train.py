@@ -7,7 +7,8 @@ CF-protocol directory (`python -m data_prep ... --protocol cf`): config, data, s
 (`python recipes/recsys.py` is the same: this module is library code, with no `-m` entry.)
 Every CFConfig field can be set in the YAML file and overridden on the command line. Protocol:
 full ranking over all items; the user's training items are excluded (at test also the
-validation items); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
+validation items, unless `mask_valid_at_test: false`, the PSL benchmark's protocol; ids the items
+table lacks are never ranked); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
 users with at least one held-out item. Model selection: valid ndcg@20 every `eval_every` epochs,
 stop after `patience` evaluations without improvement; the best state is restored (the shared
 loop, napo.recsys.loop). The recipe writes
@@ -37,6 +38,7 @@ from napo.recsys.cf import (
     cf_loss,
 )
 from napo.recsys.loop import FitResult, run_epochs
+from napo.recsys.shapley import MODES as SHAPLEY_MODES
 from napo.recsys.shapley import ShapleySampler, ShapleySettings
 from napo.threads import POLICIES, apply_threads
 
@@ -72,6 +74,8 @@ class CFConfig:
     eval_every: int = field(default=5, metadata={"help": "epochs between validations"})
     patience: int = field(default=5, metadata={"help": "validations without improvement before stopping"})
     select_metric: str = field(default="ndcg@20", metadata={"help": "valid metric for model selection"})
+    mask_valid_at_test: bool = field(default=True, metadata={"help": "test ranking also excludes the user's validation "
+                                                                      "items (false: only training items, as the PSL benchmark)"})
     max_minutes: float = field(default=0.0, metadata={"help": "safety valve only: stop after this many minutes (0 = off); "
                                                               "a run it stops says so (train/stopped_by_clock)"})
     seed: int = field(default=42, metadata={"help": "random seed (init, shuffling, negatives)"})
@@ -84,14 +88,18 @@ class CFConfig:
     shapley_players: int = field(default=512, metadata={"help": "triplets valued per round"})
     shapley_permutations: int = field(default=30, metadata={"help": "Monte Carlo permutations per round"})
     shapley_val_users: int = field(default=300, metadata={"help": "validation users in the utility"})
-    shapley_eta: float = field(default=1.0, metadata={"help": "step size of the one-step lookahead game"})
+    shapley_eta: float = field(default=0.1, metadata={"help": "step size of the one-step lookahead game (too large a step "
+                                                              "overshoots: v_gain < 0 in the round log)"})
     shapley_pool: int = field(default=4, metadata={"help": "negatives per positive that TIP chooses from"})
     shapley_uniform_mix: float = field(default=0.5, metadata={"help": "uniform share of the resampling mixture"})
-    shapley_weighting: bool = field(default=False, metadata={"help": "also weight BPR terms by clipped, normalised values"})
+    shapley_mode: str = field(default="resample", metadata={"help": "how the values are used: resample (TIP picks the negative), "
+                                                                "weight (the authors' code: BPR terms weighted by clipped TIP values), "
+                                                                "resample_weight, direct (valued triplets drawn directly, no TIP)"})
+    shapley_tip_folds: int = field(default=5, metadata={"help": "k of TIP's held-out (k-fold) R^2, logged every round (0 = skip)"})
 
     def __post_init__(self):
         choices = {"model": CF_MODELS, "loss": LOSSES, "activation": PSL_ACTIVATIONS,
-                   "sampler": SAMPLERS, "thread_policy": POLICIES}
+                   "sampler": SAMPLERS, "thread_policy": POLICIES, "shapley_mode": SHAPLEY_MODES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -111,7 +119,7 @@ class CFConfig:
             rounds=self.shapley_rounds, players=self.shapley_players,
             permutations=self.shapley_permutations, val_users=self.shapley_val_users,
             eta=self.shapley_eta, pool=self.shapley_pool, uniform_mix=self.shapley_uniform_mix,
-            weighting=self.shapley_weighting)
+            mode=self.shapley_mode, tip_folds=self.shapley_tip_folds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,9 +134,13 @@ class CFData:
     valid: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     train_counts: np.ndarray  # [I]
+    # ids below num_items that the items table lacks (Beauty's never-used id 0): never ranked
+    absent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def by_user(self, split: str) -> dict[int, np.ndarray]:
         user, item = getattr(self, split)
+        if len(user) == 0:
+            return {}
         order = np.argsort(user, kind="stable")
         u, it = user[order], item[order]
         keys, starts = np.unique(u, return_index=True)
@@ -142,8 +154,9 @@ def load_data(path: str | Path) -> tuple[CFData, dict]:
     num_items = int(items["item_id"].max()) + 1
     counts = np.zeros(num_items, np.int64)
     counts[items["item_id"].to_numpy()] = items["train_count"].to_numpy()
+    absent = np.setdiff1d(np.arange(num_items), items["item_id"].to_numpy())
     return CFData(meta["counts"]["users"], num_items, splits["train"], splits["valid"],
-                  splits["test"], counts), meta
+                  splits["test"], counts, absent), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,13 +172,14 @@ def vectors(model, cfg: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chunk: int = 1024,
-             per_user: dict | None = None) -> dict:
+             per_user: dict | None = None, mask_valid: bool = True) -> dict:
     """Average recall@k / ndcg@k over users with items in `split`; `score_rows(users [b]) ->
-    [b, I]` scores. Training items are excluded, and at test also validation items. A dict
-    passed as `per_user` receives "users" [U] and each metric's per-user values [U] (the rows
-    that napo.eval.stats pairs)."""
+    [b, I]` scores. Training items are excluded, at test also validation items (unless
+    `mask_valid` is False: the PSL benchmark's protocol), and always the ids the items table
+    lacks. A dict passed as `per_user` receives "users" [U] and each metric's per-user values
+    [U] (the rows that napo.eval.stats pairs)."""
     targets = data.by_user(split)
-    exclude = [data.by_user("train")] + ([data.by_user("valid")] if split == "test" else [])
+    exclude = [data.by_user("train")] + ([data.by_user("valid")] if split == "test" and mask_valid else [])
     users = np.array(sorted(targets))
     per = {f"{m}@{k}": [] for k in ks for m in ("recall", "ndcg")}
     tops, flat_t = [], []
@@ -174,7 +188,7 @@ def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chu
         ub = users[start:start + chunk]
         s = score_rows(torch.from_numpy(ub)).double().numpy()
         tg = [targets[u] for u in ub]
-        ex = [np.concatenate([e.get(u, empty) for e in exclude]) for u in ub]
+        ex = [np.concatenate([data.absent, *(e.get(u, empty) for e in exclude)]) for u in ub]
         for key, v in set_metrics_per_user(s, tg, ex, ks).items():
             per[key].append(v)
         if pop:  # top-20 lists, targets placed after every item tied with them (pessimistic)
@@ -255,7 +269,7 @@ def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negative
     """The loss of one batch of (user u [B], positive item i [B]) pairs, negatives drawn here."""
     weight = None
     if shapley is not None:
-        j, mask, weight = shapley.sample(u, i)
+        u, i, j, mask, weight = shapley.sample(u, i)
     elif cfg.shared_negatives and cfg.loss != "bpr":
         j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
     else:

@@ -67,6 +67,7 @@ from napo.recsys.cf_train import fit as cf_fit
 from napo.recsys.cf_train import save_checkpoint as cf_save_checkpoint
 from napo.recsys.data import load_dataset_dir
 from napo.recsys.loop import FitResult
+from napo.recsys.shapley import summary as shapley_summary
 from napo.recsys.train import (
     RecConfig,
     RecRunArguments,
@@ -228,10 +229,12 @@ def train_cf(argv) -> int:
         scorer = popularity_scorer(data) if model is None else model_scorer(model, cfg)
         metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
         per_user: dict = {}
-        metrics.update(evaluate(scorer, data, "test", pop=True, per_user=per_user))
+        metrics.update(evaluate(scorer, data, "test", pop=True, per_user=per_user, mask_valid=cfg.mask_valid_at_test))
         users = per_user.pop("users")
         write_per_row(out, rows=users, split="test", dataset_fingerprint=meta["fingerprint"], values=per_user)
     metrics.update(result.metrics())
+    if cfg.sampler == "shapley":  # rounds, TIP's training and held-out R^2, v(N) - v(empty)
+        metrics.update(shapley_summary(result.history))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     protocol = {"protocol": "20-candidate, fold-in = mean of history item vectors"} if candidates else {}
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(run_args.dataset_dir),
@@ -240,8 +243,9 @@ def train_cf(argv) -> int:
                    cfg.seed)
     name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
     name += "-shapley" if cfg.sampler == "shapley" else ""
-    keys = ("hr@1", "hr@5", "ndcg@10", "mrr") if candidates else ("recall@20", "ndcg@20", "train/fit_seconds")
-    shown = {k: round(metrics[k], 4) for k in keys}
+    keys = ("hr@1", "hr@5", "ndcg@10", "mrr") if candidates else ("recall@20", "ndcg@20", "train/fit_seconds",
+                                                                 "train/epochs", "shapley/tip_r2_heldout")
+    shown = {k: round(metrics[k], 4) for k in keys if k in metrics}
     print(f"{name}{' candidates' if candidates else ''} test {json.dumps(shown)} -> {out / 'metrics.json'}")
     return 0
 
