@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-
 STOP_REASONS = ("patience", "max_epochs", "clock")
 
 
