@@ -221,10 +221,10 @@ def popularity_scorer(data: CFData):
 # training
 
 
-def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None) -> FitResult:
+def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None, report=None) -> FitResult:
     """Adam over shuffled training pairs in the shared loop (napo.recsys.loop); validation every
     `eval_every` epochs (default: valid `select_metric` of the CF protocol; pass
-    `validate(model) -> float` to override)."""
+    `validate(model) -> float` to override); `report(epoch, valid)` after every validation."""
     start = time.time()
     threads = apply_threads(cfg.threads, cfg.thread_policy)
     validate = validate or (lambda m: evaluate(model_scorer(m, cfg), data, "valid", KS)[cfg.select_metric])
@@ -261,7 +261,7 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
 
     return run_epochs(model, train_epoch, validate, max_epochs=cfg.max_epochs, eval_every=cfg.eval_every,
                       patience=cfg.patience, max_minutes=cfg.max_minutes, desc=f"{cfg.model}-{cfg.loss}",
-                      progress=progress, start=start, threads=threads)
+                      progress=progress, start=start, threads=threads, report=report)
 
 
 def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negatives: UniformNegatives,

@@ -70,14 +70,16 @@ def run_epochs(model, train_epoch: Callable[[int, float], dict], validate: Calla
                max_epochs: int, eval_every: int, patience: int, max_minutes: float = 0.0,
                desc: str = "fit", progress: bool = True, state: LoopState | None = None,
                after_epoch: Callable[[int, LoopState], None] | None = None,
-               start: float | None = None, threads=None) -> FitResult:
+               start: float | None = None, threads=None,
+               report: Callable[[int, float], None] | None = None) -> FitResult:
     """Epochs `state.epoch + 1 .. max_epochs` of `train_epoch`, with validation and early stopping.
 
     train_epoch(epoch, deadline) trains one epoch (deadline: time.time() seconds, inf without a
     cap) and returns the epoch's record (at least `loss`); validate(model) -> the selection score
     (higher is better), called with the model in eval mode. after_epoch(epoch, state) runs after
     each epoch's bookkeeping (checkpoints). threads: a napo.threads.ThreadPolicy (or None),
-    re-checked after every epoch. The best state is loaded back into `model`.
+    re-checked after every epoch. report(epoch, score) is called after every validation (a tuner's
+    pruning hook; an exception it raises ends the fit). The best state is loaded back into `model`.
     """
     start = time.time() if start is None else start
     state = state or LoopState()
@@ -96,6 +98,8 @@ def run_epochs(model, train_epoch: Callable[[int, float], dict], validate: Calla
             model.eval()
             score = validate(model)
             record["valid"] = score
+            if report is not None:
+                report(epoch, score)
             if score > state.best:
                 state.best, state.best_epoch, state.bad = score, epoch, 0
                 state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

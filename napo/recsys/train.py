@@ -280,7 +280,8 @@ def _batch_loss(model: SeqRecommender, cfg: RecConfig, sampler, seq: torch.Tenso
 
 def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
         train_counts=None, progress: bool = True, *, checkpoint_dir: str | Path | None = None,
-        save_every: int = 0, resume_from: str | Path | None = None, nonfinite: str = "stop") -> FitResult:
+        save_every: int = 0, resume_from: str | Path | None = None, nonfinite: str = "stop",
+        report=None) -> FitResult:
     """Train with Adam and early stopping on `valid`; the best state is loaded back into model.
 
     With ``save_every`` > 0 a training checkpoint (napo/recsys/state.py) goes to
@@ -288,7 +289,8 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
     directory) restores model, Adam, the data-order / sampler / dropout RNGs, the best state and the
     early-stopping counters, so the resumed run ends exactly as an uninterrupted one would.
     ``nonfinite``: a NaN/inf loss or gradient stops the run (``stop``, NonFiniteError) or the
-    batch is skipped (``skip``, counted in the epoch record as ``skipped``).
+    batch is skipped (``skip``, counted in the epoch record as ``skipped``). ``report(epoch,
+    valid)``: called after every validation (napo.recsys.loop.run_epochs).
     """
     start = time.time()
     threads = apply_threads(cfg.threads, cfg.thread_policy)
@@ -348,7 +350,7 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
     return run_epochs(model, train_epoch, lambda m: validation_score(m, valid, cfg)[0],
                       max_epochs=cfg.max_epochs, eval_every=cfg.eval_every, patience=cfg.patience,
                       max_minutes=cfg.max_minutes, desc=cfg.model, progress=progress, state=loop,
-                      after_epoch=save, start=start, threads=threads)
+                      after_epoch=save, start=start, threads=threads, report=report)
 
 
 # ---------------------------------------------------------------------------------------------
