@@ -71,7 +71,7 @@ class Trainer:
         self.cf = isinstance(cfg, CFConfig)
         if cfg.model in ("MostPop", "Pop"):
             raise TuneError(f"model {cfg.model}: nothing to tune (no trained parameters)")
-        from napo.scripts.recsys import is_cf_directory
+        from data_prep.cf import is_cf_directory
 
         self.cf_protocol = is_cf_directory(dataset_dir)
         if self.cf:

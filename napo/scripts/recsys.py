@@ -43,9 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.cf import PROTOCOL as CF_PROTOCOL
+from data_prep.cf import is_cf_directory
 from data_prep.errors import UserError
-from data_prep.prepared import read_meta
 from napo.auxiliary import write_aux, write_item_vectors
 from napo.cards import command_line, dataset_facts, write_card
 from napo.eval.metrics import target_ranks
@@ -248,12 +247,6 @@ def train_cf(argv) -> int:
     shown = {k: round(metrics[k], 4) for k in keys if k in metrics}
     print(f"{name}{' candidates' if candidates else ''} test {json.dumps(shown)} -> {out / 'metrics.json'}")
     return 0
-
-
-def is_cf_directory(dataset_dir) -> bool:
-    """Whether a prepared directory holds the CF protocol (meta.json `protocol: cf`)."""
-    meta = read_meta(Path(dataset_dir), "run `python -m data_prep --dataset NAME --output-dir DIR` first")
-    return meta.get("protocol") == CF_PROTOCOL
 
 
 def scored_test_rows(run_args: RecRunArguments, num_rows: int, has_candidates: bool) -> list[int]:
