@@ -7,10 +7,14 @@ tables with the epochs column and paired intervals against each group's baseline
     python bench/tuned_study.py --plan bench/phase2.yaml --groups beauty-cf --table_only
 
 The plan (YAML) holds `trials`, `seeds`, `runs` (the output root) and `groups`; a group is one
-dataset with its configs, its baseline (a config stem), its epoch budget (`max_epochs`, the cap of
+dataset with its configs, its baseline (a row name), its epoch budget (`max_epochs`, the cap of
 every trial and of the seed runs; early stopping on valid ends most of them sooner), optional
-`overrides` for every run (e.g. `--threads 1`) and `seconds_per_epoch` (one number per config
-stem, measured with bench/cf_epoch.py or a short run, for --estimate). Per group and config:
+`trials` (overrides the plan's for this group: every model of a table gets the same count),
+`overrides` for every tuning run (e.g. `--threads 1`), `keys` / `paired_metric` for the table,
+and `seconds_per_epoch` (one number per row, measured with bench/epoch_cost.py, for --estimate).
+A config entry is a path (row name = its stem, tuned) or a mapping `{name, config, tune: false}`
+for a row that runs as given (MostPop; a config tuned in another group, e.g. Sports with
+Beauty's best.yaml). Per group and row:
 
     RUNS/<group>/tune/<stem>/        napo-tune: study.db (resumable), best.yaml, trials.md
     RUNS/<group>/seeds/<stem>/seed<N>/  recipes/recsys.py --config best.yaml --seed N
@@ -38,6 +42,18 @@ from cf_study import Method, default_keys, paired_rows, run_all, table  # noqa: 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def rows(group: dict) -> list[dict]:
+    """A group's rows: {name, config, tune} each."""
+    out = []
+    for entry in group["configs"]:
+        if isinstance(entry, str):
+            out.append({"name": Path(entry).stem, "config": entry, "tune": True})
+        else:
+            out.append({"name": entry.get("name") or Path(entry["config"]).stem, "config": entry["config"],
+                        "tune": bool(entry.get("tune", True))})
+    return out
+
+
 def load_plan(path: Path) -> dict:
     plan = yaml.safe_load(path.read_text(encoding="utf-8"))
     for key in ("trials", "seeds", "runs", "groups"):
@@ -47,16 +63,16 @@ def load_plan(path: Path) -> dict:
         for key in ("name", "dataset_dir", "configs", "baseline", "max_epochs"):
             if key not in group:
                 raise SystemExit(f"error: {path}: group {group.get('name', '?')} needs `{key}`")
-        stems = [Path(c).stem for c in group["configs"]]
-        if group["baseline"] not in stems:
-            raise SystemExit(f"error: {path}: group {group['name']}'s baseline {group['baseline']!r} is not one of its configs")
+        names = [r["name"] for r in rows(group)]
+        if group["baseline"] not in names:
+            raise SystemExit(f"error: {path}: group {group['name']}'s baseline {group['baseline']!r} is not one of its rows")
     return plan
 
 
 def tune(config: Path, group: dict, plan: dict, out: Path) -> Path:
     cmd = [sys.executable, "-m", "napo.scripts.tune", "--config", str(config), "--dataset_dir", group["dataset_dir"],
-           "--output_dir", str(out), "--trials", str(plan["trials"]), "--max_epochs", str(group["max_epochs"]),
-           *map(str, group.get("overrides", []))]
+           "--output_dir", str(out), "--trials", str(group.get("trials", plan["trials"])),
+           "--max_epochs", str(group["max_epochs"]), *map(str, group.get("overrides", []))]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return out / "best.yaml"
@@ -65,21 +81,23 @@ def tune(config: Path, group: dict, plan: dict, out: Path) -> Path:
 def estimate(plan: dict, groups: list[dict], stop_fraction: float) -> str:
     """CPU-hours per group: trials + seeds runs, each at most `max_epochs` epochs (upper bound)
     and at `stop_fraction` of it (early stopping; a guess until the studies have run)."""
-    runs_per_config = plan["trials"] + len(plan["seeds"])
-    lines = [f"{plan['trials']} trials + {len(plan['seeds'])} seeds per config; epochs at the budget (upper bound) "
-             f"and at {stop_fraction:.0%} of it (expected with early stopping)", "",
-             "| group | configs | budget (epochs) | CPU-h upper | CPU-h expected |", "|---|---|---|---|---|"]
+    seeds = len(plan["seeds"])
+    lines = [f"runs per row: trials + {seeds} seeds (tuned rows), {seeds} seeds (rows run as given); epochs at "
+             f"the budget (upper bound) and at {stop_fraction:.0%} of it (expected with early stopping)", "",
+             "| group | rows | trials | budget (epochs) | CPU-h upper | CPU-h expected |", "|---|---|---|---|---|---|"]
     total_up = total_exp = 0.0
     for g in groups:
         costs = g.get("seconds_per_epoch", {})
-        missing = [Path(c).stem for c in g["configs"] if Path(c).stem not in costs]
+        trials = g.get("trials", plan["trials"])
+        missing = [r["name"] for r in rows(g) if r["name"] not in costs]
         if missing:
             raise SystemExit(f"error: group {g['name']}: no seconds_per_epoch for {', '.join(missing)}")
-        secs = sum(costs[Path(c).stem] for c in g["configs"]) * g["max_epochs"] * runs_per_config
+        secs = sum(costs[r["name"]] * ((trials if r["tune"] else 0) + seeds) for r in rows(g)) * g["max_epochs"]
         up, exp = secs / 3600, secs * stop_fraction / 3600
         total_up, total_exp = total_up + up, total_exp + exp
-        lines.append(f"| {g['name']} | {len(g['configs'])} | {g['max_epochs']} | {up:.2f} | {exp:.2f} |")
-    lines.append(f"| total | | | {total_up:.2f} | {total_exp:.2f} |")
+        shown = trials if any(r["tune"] for r in rows(g)) else "-"
+        lines.append(f"| {g['name']} | {len(rows(g))} | {shown} | {g['max_epochs']} | {up:.2f} | {exp:.2f} |")
+    lines.append(f"| total | | | | {total_up:.2f} | {total_exp:.2f} |")
     return "\n".join(lines)
 
 
@@ -102,15 +120,17 @@ def main() -> int:
     for g in groups:
         root = Path(plan["runs"]) / g["name"]
         methods = []
-        for config in map(Path, g["configs"]):
-            best = root / "tune" / config.stem / "best.yaml"
-            if not args.table_only:
-                best = tune(config, g, plan, best.parent)
-            methods.append(Method(config.stem, best))
+        for row in rows(g):
+            config = Path(row["config"])
+            if row["tune"]:
+                config = root / "tune" / row["name"] / "best.yaml"
+                if not args.table_only:
+                    config = tune(Path(row["config"]), g, plan, config.parent)
+            methods.append(Method(row["name"], config))
         if not args.table_only:
             run_all(methods, g["dataset_dir"], root / "seeds", plan["seeds"], [])
         keys, metric = default_keys(g["dataset_dir"])
-        print(f"\n## {g['name']} ({g['dataset_dir']}): tuned on valid, {plan['trials']} trials, epoch budget "
+        print(f"\n## {g['name']} ({g['dataset_dir']}): tuned on valid, {g.get('trials', plan['trials'])} trials, epoch budget "
               f"{g['max_epochs']}, seeds {' '.join(map(str, plan['seeds']))}\n")
         print(table(root / "seeds", methods, plan["seeds"], g.get("keys", keys)))
         print()
