@@ -38,8 +38,8 @@ from napo.recsys.cf import (
     cf_loss,
 )
 from napo.recsys.loop import FitResult, run_epochs
-from napo.recsys.shapley import MODES as SHAPLEY_MODES
-from napo.recsys.shapley import ShapleySampler, ShapleySettings
+from napo.recsys.shapley_sampler import MODES as SHAPLEY_MODES
+from napo.recsys.shapley_sampler import ShapleySampler, ShapleySettings
 from napo.threads import POLICIES, apply_threads
 
 KS = (10, 20, 50)

@@ -66,7 +66,7 @@ from napo.recsys.cf_train import fit as cf_fit
 from napo.recsys.cf_train import save_checkpoint as cf_save_checkpoint
 from napo.recsys.data import load_dataset_dir
 from napo.recsys.loop import FitResult
-from napo.recsys.shapley import summary as shapley_summary
+from napo.recsys.shapley_sampler import summary as shapley_summary
 from napo.recsys.train import (
     RecConfig,
     RecRunArguments,

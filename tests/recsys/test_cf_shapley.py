@@ -12,15 +12,12 @@ import torch
 from napo.eval.metrics import set_ranking_metrics
 from napo.recsys import cf_train
 from napo.recsys.cf import MF, UniformNegatives
-from napo.recsys.shapley import (
+from napo.recsys.shapley import LookaheadGame, control_variate, mc_shapley, prefix_marginals
+from napo.recsys.shapley_sampler import (
     TIP,
-    LookaheadGame,
     ShapleySampler,
     ShapleySettings,
-    control_variate,
     kfold_r2,
-    mc_shapley,
-    prefix_marginals,
     tip_fit_predict,
     value_weights,
 )
