@@ -16,8 +16,8 @@ reports the fit's seconds. Variants:
 Conditions: alone, beside one and beside two single-threaded busy processes (`while True: pass`,
 started before the measurement and killed after it). The variants alternate within each
 condition, in turned order from one condition to the next, so slow drifts of the machine's load
-hit both. Printed: seconds per epoch, the thread count the run chose, and each variant's ratio to
-its own epoch alone. Acceptance of issue 20: after, beside two busy processes, <= 2.5x alone.
+hit both; `--rounds N` repeats the whole sweep and the table shows the median. Printed: seconds
+per epoch, the thread count the run chose, and each variant's ratio to its own epoch alone. Acceptance of issue 20: after, beside two busy processes, <= 2.5x alone.
 Say what else ran (`uptime` is printed before and after).
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -107,20 +108,26 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=["before", "after"], choices=list(VARIANTS))
     p.add_argument("--busy", nargs="+", type=int, default=[0, 1, 2], help="busy neighbours per condition")
     p.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0 = the whole epoch)")
+    p.add_argument("--rounds", type=int, default=1, help="sweeps over every condition (the table shows medians)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="after", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
     print(f"loadavg before: {uptime()}; cores: {len(os.sched_getaffinity(0))}", flush=True)
-    results: dict[tuple[str, int], dict] = {}
-    for c, busy in enumerate(args.busy):
-        order = args.variants if c % 2 == 0 else list(reversed(args.variants))
-        for variant in order:
-            r = measure(variant, busy, args)
-            results[variant, busy] = r
-            print(f"  {variant:14s} beside {busy} busy: {r['seconds']:7.1f} s, threads {r['threads']} "
-                  f"(wait policy {r['wait_policy']})", flush=True)
+    runs: dict[tuple[str, int], list[dict]] = {}
+    step = 0
+    for _ in range(args.rounds):
+        for busy in args.busy:
+            order = args.variants if step % 2 == 0 else list(reversed(args.variants))
+            step += 1
+            for variant in order:
+                r = measure(variant, busy, args)
+                runs.setdefault((variant, busy), []).append(r)
+                print(f"  {variant:14s} beside {busy} busy: {r['seconds']:7.1f} s, threads {r['threads']} "
+                      f"(wait policy {r['wait_policy']})", flush=True)
+    results = {k: {"seconds": statistics.median(r["seconds"] for r in v),
+                   "threads": "/".join(sorted({str(r["threads"]) for r in v}))} for k, v in runs.items()}
     print(f"loadavg after: {uptime()}")
     print("\n| variant | " + " | ".join(f"beside {b} busy: s (threads) | ratio" for b in args.busy) + " |")
     print("|---|" + "---|---|" * len(args.busy))
