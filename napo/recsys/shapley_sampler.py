@@ -20,8 +20,10 @@ OUR design (the official code has no TIP):
                      sum, so the step size keeps its meaning (the sum scales it by sum(phi));
     resample_weight  both;
     direct           no TIP: a share (1 - mix) of each batch's rows is replaced by VALUED triplets
-                     drawn with p proportional to max(phi_cv, 0) (uniform over the valued ones when
-                     none is positive); the other rows keep uniform negatives.
+                     drawn with p proportional to max(phi_cv, 0); the other rows keep uniform
+                     negatives.
+A round whose values are all equal (the step moved no top-k list) or, for direct, none positive
+gives nothing to draw by: it warns, and triplets are uniform until the next valuation.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ class ShapleySampler:
 
     @property
     def active(self) -> bool:
-        """Has a valuation happened (before it, every mode draws uniform triplets)?"""
+        """Is there a TIP or a valued set to draw by (before the first valuation, and after a
+        valuation whose values were all equal, every mode draws uniform triplets)?"""
         return self.tip is not None or self.valued is not None
 
     def due(self, epoch: int) -> bool:
@@ -192,9 +195,15 @@ class ShapleySampler:
                 "phi_mean": float(est.cv.mean()), "phi_positive": float((est.cv > 0).mean()),
                 "phi_nonzero": float((np.abs(est.plain) > 0).mean()),
                 "var_plain": float(var_plain), "var_cv": float(resid.var(0).mean() / s.permutations)}
-        if s.mode == "direct":
-            p = np.clip(est.cv, 0, None)
-            p = p / p.sum() if p.sum() > 0 else np.full(len(p), 1.0 / len(p))
+        clipped = np.clip(est.cv, 0, None)
+        if np.ptp(est.cv) == 0 or (s.mode == "direct" and clipped.sum() == 0):  # nothing to draw by
+            self.tip, self.valued = None, None  # uniform triplets until the next valuation
+            print(f"warning: Triplet Shapley round {self.rounds_done} (epoch {epoch}): no valued triplet has a "
+                  f"positive value that differs from the others (mean {est.cv.mean():g}; the lookahead step "
+                  f"shapley_eta {s.eta:g} may change no top-k list): uniform triplets until the next valuation",
+                  file=sys.stderr)
+        elif s.mode == "direct":
+            p = clipped / clipped.sum()
             self.valued = (torch.from_numpy(trip.astype(np.int64)), torch.from_numpy(p))
             self.values = est.cv
             info["draw_positive"] = float((p > 0).mean())
@@ -280,7 +289,7 @@ def summary(history: list[dict]) -> dict:
     rounds = [r["shapley"] for r in history if "shapley" in r]
     out = {"shapley/rounds": len(rounds)}
     for key in ("tip_r2", "tip_r2_heldout", "v_gain", "phi_positive"):
-        vals = [r[key] for r in rounds if key in r]
+        vals = [r[key] for r in rounds if key in r and np.isfinite(r[key])]
         if vals:
             out[f"shapley/{key}"] = float(np.mean(vals))
     return out

@@ -234,3 +234,20 @@ def test_direct_mode_probabilities_come_from_the_round_values(cf_dir):
     clipped = np.clip(sampler.values, 0, None)
     np.testing.assert_allclose(sampler.valued[1].numpy(), clipped / clipped.sum())
     assert sampler.tip is None and "tip_r2" not in info and info["draw_positive"] == pytest.approx((clipped > 0).mean())
+
+
+@pytest.mark.parametrize("mode", ["resample", "direct"])
+def test_a_round_without_information_falls_back_to_uniform(cf_dir, capsys, mode):
+    data, _ = cf_train.load_data(cf_dir / "cf")
+    negatives = UniformNegatives(*data.train, data.num_items, torch.Generator().manual_seed(0))
+    sampler = ShapleySampler(ShapleySettings(mode=mode, players=40, permutations=3, val_users=20, eta=0.0),
+                             negatives, *data.train, data.by_user("valid"), data.by_user("train"), seed=0)
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randn(data.num_users, 4, generator=g), torch.randn(data.num_items, 4, generator=g)
+    info = sampler.refresh(users, items, 1)  # eta 0: no triplet moves anything, every value is 0
+    assert info["v_gain"] == 0 and info["phi_nonzero"] == 0
+    assert not sampler.active and "uniform triplets until the next valuation" in capsys.readouterr().err
+    sampler.set_vectors(users, items)
+    u, i = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    uu, ii, _, _, weight = sampler.sample(u, i)
+    assert torch.equal(uu, u) and torch.equal(ii, i) and weight is None
