@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -70,6 +71,19 @@ def test_space_names_follow_the_config():
     assert spaces.space_name(RecConfig(model="GRU4Rec")) == "GRU4Rec"
 
 
+def _states(db) -> list[tuple[str, int]]:
+    """(state, number of drawn settings) of every trial, read-only, while another process writes
+    the study (never creates tables)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return list(con.execute("SELECT t.state, COUNT(p.param_id) FROM trials t LEFT JOIN trial_params p "
+                                    "ON p.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number"))
+    except sqlite3.Error:  # the schema is still being written, or the file is locked
+        return []
+
+
 def _study(storage, name=None):
     names = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name or names[0], storage=storage)
@@ -90,11 +104,9 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(cf_dir, tmp_pa
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            if not db.exists() or not optuna.get_all_study_names(storage):
-                continue
-            trials = _study(storage).trials
-            states = [t.state.name for t in trials]
-            if states.count("COMPLETE") >= 2 and states[-1] == "RUNNING":
+            states = _states(db)
+            complete = sum(state == "COMPLETE" for state, _ in states)
+            if complete >= 2 and states[-1][0] == "RUNNING" and states[-1][1] == 2:  # lr and l2 drawn
                 proc.send_signal(signal.SIGKILL)  # a kill in the middle of a trial
                 proc.wait()
                 break
@@ -121,7 +133,9 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(cf_dir, tmp_pa
     assert stale.state.name == "FAIL"
     new = [t for t in after if t.number > max(t.number for t in before)]
     assert len(new) == 5 - len(done)  # only the missing trials ran, numbered after the old ones
-    assert any(t.params == killed[0].params for t in new)  # the cut trial was re-queued and run
+    # the cut trial was re-queued and run with the settings it had drawn (a kill between two draws
+    # leaves only the first; the retry draws the rest)
+    assert any(killed[0].params.items() <= t.params.items() for t in new)
     assert (out / "best.yaml").is_file() and "| trial |" in (out / "trials.md").read_text()
 
 
