@@ -12,7 +12,6 @@ napo_config / sft_config: tiny NAPO (sharing + dynamic margin) and SFT run setti
 
 import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +21,6 @@ def load_script(relative_path: str):
     path = REPO / relative_path
     spec = importlib.util.spec_from_file_location("script_" + path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

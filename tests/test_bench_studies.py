@@ -22,7 +22,7 @@ def _fake_run(out, ndcg, epochs, clock=False):
 
 
 def test_study_table_and_paired_rows(tmp_path):
-    study = load_script("bench/cf_study.py")
+    study = load_script("bench/tuned_study.py")  # it imports cf_study's table, Method and paired_rows
     rng = np.random.default_rng(0)
     base = {s: rng.random(50) for s in (1, 2)}
     for s in (1, 2):

@@ -42,7 +42,8 @@ def test_threads_are_the_free_cores(monkeypatch, restore_threads, others, want):
 
 def test_the_count_follows_the_neighbours_epoch_by_epoch(monkeypatch, restore_threads):
     m = FakeMachine(monkeypatch, cores=4)
-    policy = threads.ThreadPolicy(0)  # 0 = every usable core (no OMP_NUM_THREADS here)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    policy = threads.ThreadPolicy(0)  # 0 = every usable core without OMP_NUM_THREADS
     assert (policy.limit, policy.current) == (4, 4)
     m.others_rate, m.own_rate = 2.0, 2.0  # two busy neighbours arrive; we still had 4 threads
     m.advance(30.0)
