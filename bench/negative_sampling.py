@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
     p.add_argument("--num_negatives", type=int, default=4)
     p.add_argument("--loss", default="bce", help="bce or sampled_softmax")
-    p.add_argument("--max_epochs", type=int, default=30)
-    p.add_argument("--max_minutes", type=float, default=4.0, help="training budget per sampler")
+    p.add_argument("--max_epochs", type=int, default=30, help="epoch cap per sampler (early stopping on valid ends it sooner)")
+    p.add_argument("--max_minutes", type=float, default=0.0, help="safety valve only (0 = off): a number a clock decided "
+                                                                  "depends on the machine's load")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--output", help="also write the results as JSON (and run.json beside it)")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         m = split_metrics(splits["test"], infer(model, splits["test"]), counts)
         row = {"sampler": name, "hr@10": m["full/hr@10"], "ndcg@10": m["full/ndcg@10"],
                "balance@10": m["full/pop/balance@10"], "best_epoch": result.best_epoch,
+               "epochs": result.epochs_run, "stopped_by": result.stopped_by,
                "seconds": round(time.time() - start, 1)}
         for band in BANDS:
             row[f"hr@10/{band}"] = m[f"full/pop/hr@10/{band}"]
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
 
     cols = ["hr@10", "ndcg@10", *[f"hr@10/{b}" for b in BANDS], *[f"ndcg@10/{b}" for b in BANDS],
-            "balance@10", "best_epoch", "seconds"]
+            "balance@10", "best_epoch", "epochs", "stopped_by", "seconds"]
     print(f"\nSASRec + {args.loss}, {args.num_negatives} negatives, {meta.get('dataset')} "
           f"(test, full ranking over {num_items} items, seed {args.seed}{', QUICK' if args.quick else ''})\n")
     print("| sampler | " + " | ".join(cols) + " |")

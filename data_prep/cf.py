@@ -134,6 +134,12 @@ def build_cf(args: argparse.Namespace) -> dict:
     return meta
 
 
+def is_cf_directory(path: str | Path) -> bool:
+    """Whether a prepared directory holds the CF protocol (meta.json `protocol: cf`)."""
+    meta = read_meta(Path(path), "run `python -m data_prep --dataset NAME --output-dir DIR` first")
+    return meta.get("protocol") == PROTOCOL
+
+
 def summary_table(meta: dict) -> str:
     c = meta["counts"]
     lines = [f"{meta['dataset']} (cf): {c['users']:,} users, {c['items']:,} items, "

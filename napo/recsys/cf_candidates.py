@@ -4,8 +4,8 @@
         --dataset_dir runs/data/ml-100k --output_dir runs/cf-cand/mf-ssm \
         [--test_max_examples 1000 --test_sample_seed 42]
 
-(the recsys recipe runs this protocol when a CF model meets a sequential directory;
-`python -m napo.recsys.cf_candidates` is an alias of it.)
+(the recsys recipe runs this protocol when a CF model meets a sequential directory; this module is
+library code, with no `-m` entry.)
 
 Graph: the train rows only. A train row's user owns its history items and its target; the
 (user, item) set of every train user is the MF / LightGCN training data (valid and test users
@@ -109,14 +109,3 @@ def row_metrics(scores: np.ndarray, rows: CandidateRows, train_counts=None) -> d
     if train_counts is None:
         return ranking_metrics(scores, rows.target_index, KS)
     return rank_results(scores, rows.candidates, rows.target_index, rows.target, train_counts, KS, POP_KS)[0]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Alias of the recsys recipe (napo.scripts.recsys) with a CF model (default MF)."""
-    from napo.scripts.recsys import main as recsys_main
-
-    return recsys_main(argv, default_model="MF")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,10 +4,11 @@ CF-protocol directory (`python -m data_prep ... --protocol cf`): config, data, s
     napo-recsys --config recipes/configs/ml-100k/mf-bpr.yaml \
         --dataset_dir runs/data/ml-100k-cf --output_dir runs/cf/mf-bpr [--seed 1] [--tau 0.1]
 
-(`python recipes/recsys.py` is the same; `python -m napo.recsys.cf_train` is an alias of it.)
+(`python recipes/recsys.py` is the same: this module is library code, with no `-m` entry.)
 Every CFConfig field can be set in the YAML file and overridden on the command line. Protocol:
 full ranking over all items; the user's training items are excluded (at test also the
-validation items); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
+validation items, unless `mask_valid_at_test: false`, the PSL benchmark's protocol; ids the items
+table lacks are never ranked); recall@k and ndcg@k (napo.eval.metrics.set_metrics_per_user) averaged over
 users with at least one held-out item. Model selection: valid ndcg@20 every `eval_every` epochs,
 stop after `patience` evaluations without improvement; the best state is restored (the shared
 loop, napo.recsys.loop). The recipe writes
@@ -18,7 +19,6 @@ OUT/metrics.json (recall@k, ndcg@k, pop/... on test; valid/...; train/...), OUT/
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,9 @@ from napo.recsys.cf import (
     cf_loss,
 )
 from napo.recsys.loop import FitResult, run_epochs
-from napo.recsys.shapley import ShapleySampler, ShapleySettings
+from napo.recsys.shapley_sampler import MODES as SHAPLEY_MODES
+from napo.recsys.shapley_sampler import ShapleySampler, ShapleySettings
+from napo.threads import POLICIES, apply_threads
 
 KS = (10, 20, 50)
 SAMPLERS = ("uniform", "shapley")
@@ -75,23 +77,32 @@ class CFConfig:
     eval_every: int = field(default=5, metadata={"help": "epochs between validations"})
     patience: int = field(default=5, metadata={"help": "validations without improvement before stopping"})
     select_metric: str = field(default="ndcg@20", metadata={"help": "valid metric for model selection"})
-    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock training budget (0 = none)"})
+    mask_valid_at_test: bool = field(default=True, metadata={"help": "test ranking also excludes the user's validation "
+                                                                      "items (false: only training items, as the PSL benchmark)"})
+    max_minutes: float = field(default=0.0, metadata={"help": "safety valve only: stop after this many minutes (0 = off); "
+                                                              "a run it stops says so (train/stopped_by_clock)"})
     seed: int = field(default=42, metadata={"help": "random seed (init, shuffling, negatives)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (0 = leave as is)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads at most (0 = OMP_NUM_THREADS when set, else every usable core)"})
+    thread_policy: str = field(default="adaptive", metadata={"help": "adaptive (fewer threads while other processes keep "
+                                                                   "the cores busy, re-checked every epoch; napo.threads) or fixed (exactly `threads`)"})
     shapley_warmup_epochs: int = field(default=20, metadata={"help": "uniform BPR epochs before the first valuation"})
     shapley_refresh_epochs: int = field(default=10, metadata={"help": "epochs between valuations"})
     shapley_rounds: int = field(default=3, metadata={"help": "valuations at most"})
     shapley_players: int = field(default=512, metadata={"help": "triplets valued per round"})
     shapley_permutations: int = field(default=30, metadata={"help": "Monte Carlo permutations per round"})
     shapley_val_users: int = field(default=300, metadata={"help": "validation users in the utility"})
-    shapley_eta: float = field(default=1.0, metadata={"help": "step size of the one-step lookahead game"})
+    shapley_eta: float = field(default=0.1, metadata={"help": "step size of the one-step lookahead game (too large a step "
+                                                              "overshoots: v_gain < 0 in the round log)"})
     shapley_pool: int = field(default=4, metadata={"help": "negatives per positive that TIP chooses from"})
     shapley_uniform_mix: float = field(default=0.5, metadata={"help": "uniform share of the resampling mixture"})
-    shapley_weighting: bool = field(default=False, metadata={"help": "also weight BPR terms by clipped, normalised values"})
+    shapley_mode: str = field(default="resample", metadata={"help": "how the values are used: resample (TIP picks the negative), "
+                                                                "weight (the authors' code: BPR terms weighted by clipped TIP values), "
+                                                                "resample_weight, direct (valued triplets drawn directly, no TIP)"})
+    shapley_tip_folds: int = field(default=5, metadata={"help": "k of TIP's held-out (k-fold) R^2, logged every round (0 = skip)"})
 
     def __post_init__(self):
         choices = {"model": CF_MODELS, "loss": LOSSES, "activation": PSL_ACTIVATIONS,
-                   "sampler": SAMPLERS}
+                   "sampler": SAMPLERS, "thread_policy": POLICIES, "shapley_mode": SHAPLEY_MODES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -111,7 +122,7 @@ class CFConfig:
             rounds=self.shapley_rounds, players=self.shapley_players,
             permutations=self.shapley_permutations, val_users=self.shapley_val_users,
             eta=self.shapley_eta, pool=self.shapley_pool, uniform_mix=self.shapley_uniform_mix,
-            weighting=self.shapley_weighting)
+            mode=self.shapley_mode, tip_folds=self.shapley_tip_folds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,9 +137,13 @@ class CFData:
     valid: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     train_counts: np.ndarray  # [I]
+    # ids below num_items that the items table lacks (Beauty's never-used id 0): never ranked
+    absent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def by_user(self, split: str) -> dict[int, np.ndarray]:
         user, item = getattr(self, split)
+        if len(user) == 0:
+            return {}
         order = np.argsort(user, kind="stable")
         u, it = user[order], item[order]
         keys, starts = np.unique(u, return_index=True)
@@ -142,8 +157,9 @@ def load_data(path: str | Path) -> tuple[CFData, dict]:
     num_items = int(items["item_id"].max()) + 1
     counts = np.zeros(num_items, np.int64)
     counts[items["item_id"].to_numpy()] = items["train_count"].to_numpy()
+    absent = np.setdiff1d(np.arange(num_items), items["item_id"].to_numpy())
     return CFData(meta["counts"]["users"], num_items, splits["train"], splits["valid"],
-                  splits["test"], counts), meta
+                  splits["test"], counts, absent), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,13 +175,14 @@ def vectors(model, cfg: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chunk: int = 1024,
-             per_user: dict | None = None) -> dict:
+             per_user: dict | None = None, mask_valid: bool = True) -> dict:
     """Average recall@k / ndcg@k over users with items in `split`; `score_rows(users [b]) ->
-    [b, I]` scores. Training items are excluded, and at test also validation items. A dict
-    passed as `per_user` receives "users" [U] and each metric's per-user values [U] (the rows
-    that napo.eval.stats pairs)."""
+    [b, I]` scores. Training items are excluded, at test also validation items (unless
+    `mask_valid` is False: the PSL benchmark's protocol), and always the ids the items table
+    lacks. A dict passed as `per_user` receives "users" [U] and each metric's per-user values
+    [U] (the rows that napo.eval.stats pairs)."""
     targets = data.by_user(split)
-    exclude = [data.by_user("train")] + ([data.by_user("valid")] if split == "test" else [])
+    exclude = [data.by_user("train")] + ([data.by_user("valid")] if split == "test" and mask_valid else [])
     users = np.array(sorted(targets))
     per = {f"{m}@{k}": [] for k in ks for m in ("recall", "ndcg")}
     tops, flat_t = [], []
@@ -174,7 +191,7 @@ def evaluate(score_rows, data: CFData, split: str, ks=KS, pop: bool = False, chu
         ub = users[start:start + chunk]
         s = score_rows(torch.from_numpy(ub)).double().numpy()
         tg = [targets[u] for u in ub]
-        ex = [np.concatenate([e.get(u, empty) for e in exclude]) for u in ub]
+        ex = [np.concatenate([data.absent, *(e.get(u, empty) for e in exclude)]) for u in ub]
         for key, v in set_metrics_per_user(s, tg, ex, ks).items():
             per[key].append(v)
         if pop:  # top-20 lists, targets placed after every item tied with them (pessimistic)
@@ -207,11 +224,12 @@ def popularity_scorer(data: CFData):
 # training
 
 
-def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None) -> FitResult:
+def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None, report=None) -> FitResult:
     """Adam over shuffled training pairs in the shared loop (napo.recsys.loop); validation every
     `eval_every` epochs (default: valid `select_metric` of the CF protocol; pass
-    `validate(model) -> float` to override)."""
+    `validate(model) -> float` to override); `report(epoch, valid)` after every validation."""
     start = time.time()
+    threads = apply_threads(cfg.threads, cfg.thread_policy)
     validate = validate or (lambda m: evaluate(model_scorer(m, cfg), data, "valid", KS)[cfg.select_metric])
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     t_user, t_item = data.train
@@ -246,7 +264,7 @@ def fit(model, cfg: CFConfig, data: CFData, progress: bool = True, validate=None
 
     return run_epochs(model, train_epoch, validate, max_epochs=cfg.max_epochs, eval_every=cfg.eval_every,
                       patience=cfg.patience, max_minutes=cfg.max_minutes, desc=f"{cfg.model}-{cfg.loss}",
-                      progress=progress, start=start)
+                      progress=progress, start=start, threads=threads, report=report)
 
 
 def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negatives: UniformNegatives,
@@ -254,7 +272,7 @@ def _batch_loss(model, cfg: CFConfig, u: torch.Tensor, i: torch.Tensor, negative
     """The loss of one batch of (user u [B], positive item i [B]) pairs, negatives drawn here."""
     weight = None
     if shapley is not None:
-        j, mask, weight = shapley.sample(u, i)
+        u, i, j, mask, weight = shapley.sample(u, i)
     elif cfg.shared_negatives and cfg.loss != "bpr":
         j, mask = negatives.sample_shared(u, cfg.num_negatives)  # [K], [B, K]
     else:
@@ -282,7 +300,7 @@ def build_model(cfg: CFConfig, data: CFData):
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
+# checkpoints
 
 
 def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
@@ -290,14 +308,3 @@ def save_checkpoint(model, cfg, directory: Path, **extra) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps({**asdict(cfg), **extra}, indent=2) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Alias of the recsys recipe (napo.scripts.recsys) with a CF model (default MF)."""
-    from napo.scripts.recsys import main as recsys_main
-
-    return recsys_main(argv, default_model="MF")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,8 @@ target once, so there it only repeats examples and the default is off.
 
 Model selection uses the valid split only: evaluation every `eval_every` epochs, the best
 `select_metric` state is kept and restored, training stops after `patience` evaluations without
-improvement (or after `max_minutes`).
+improvement; `max_minutes` is only a safety valve (0 = off; a run it stops says so, see
+napo.recsys.loop). Threads: napo.threads (one policy for every recipe).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from napo.recsys.losses import LOSSES, bce_loss, full_ce_loss, sampled_softmax_l
 from napo.recsys.models import MODELS, SeqRecommender, build_model
 from napo.recsys.samplers import SAMPLERS as NEGATIVE_SAMPLERS
 from napo.recsys.samplers import build_sampler
+from napo.threads import POLICIES, apply_threads
 
 
 class RecConfigError(UserError):
@@ -80,11 +82,15 @@ class RecConfig:
     select_metric: str = field(default="ndcg@10", metadata={"help": "valid metric for selection (candidate protocol, or full ranking when the split has no candidates)"})
     select_protocol: str = field(default="auto", metadata={"help": "auto (candidates when the split has them), candidates or full",
                                                            "choices": ["auto", "candidates", "full"]})
-    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock training budget (0 = none)"})
+    max_minutes: float = field(default=0.0, metadata={"help": "safety valve only: stop after this many minutes (0 = off); "
+                                                              "a run it stops says so (train/stopped_by_clock)"})
     exclude_history: bool = field(default=False, metadata={"help": "full ranking: drop history items from the ranking"})
     eval_batch_size: int = field(default=512, metadata={"help": "rows per inference batch"})
     seed: int = field(default=42, metadata={"help": "random seed"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads at most (0 = OMP_NUM_THREADS when set, else every usable core)"})
+    thread_policy: str = field(default="adaptive", metadata={"help": "adaptive (fewer threads while other processes keep "
+                                                                   "the cores busy, re-checked every epoch; napo.threads) or fixed (exactly `threads`)",
+                                                                   "choices": list(POLICIES)})
     # DreamRec / PreferDiff (napo.recsys.diffusion); ignored by the other models
     diffusion_steps: int = field(default=2000, metadata={"help": "diffusion steps T"})
     beta_schedule: str = field(default="linear", metadata={"help": "linear or cosine", "choices": list(SCHEDULES)})
@@ -105,6 +111,8 @@ class RecConfig:
     sample_seed: int = field(default=0, metadata={"help": "seed of the diffusion sampler's noise"})
 
     def __post_init__(self):
+        if self.thread_policy not in POLICIES:
+            raise RecConfigError(f"thread_policy must be one of {', '.join(POLICIES)}, got {self.thread_policy!r}")
         if self.select_protocol not in ("auto", "candidates", "full"):
             raise RecConfigError(f"select_protocol must be auto, candidates or full, got {self.select_protocol!r}")
         if self.loss not in LOSSES:
@@ -275,7 +283,8 @@ def _batch_loss(model: SeqRecommender, cfg: RecConfig, sampler, seq: torch.Tenso
 
 def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
         train_counts=None, progress: bool = True, *, checkpoint_dir: str | Path | None = None,
-        save_every: int = 0, resume_from: str | Path | None = None, nonfinite: str = "stop") -> FitResult:
+        save_every: int = 0, resume_from: str | Path | None = None, nonfinite: str = "stop",
+        report=None) -> FitResult:
     """Train with Adam and early stopping on `valid`; the best state is loaded back into model.
 
     With ``save_every`` > 0 a training checkpoint (napo/recsys/state.py) goes to
@@ -283,11 +292,11 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
     directory) restores model, Adam, the data-order / sampler / dropout RNGs, the best state and the
     early-stopping counters, so the resumed run ends exactly as an uninterrupted one would.
     ``nonfinite``: a NaN/inf loss or gradient stops the run (``stop``, NonFiniteError) or the
-    batch is skipped (``skip``, counted in the epoch record as ``skipped``).
+    batch is skipped (``skip``, counted in the epoch record as ``skipped``). ``report(epoch,
+    valid)``: called after every validation (napo.recsys.loop.run_epochs).
     """
     start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = apply_threads(cfg.threads, cfg.thread_policy)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # Popularity: nothing to learn
         score, _ = validation_score(model, valid, cfg)
@@ -331,8 +340,9 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
                 continue
             opt.step()
             total, steps = total + loss.item(), steps + 1
-            if time.time() > deadline:
-                break
+            if time.time() > deadline:  # max_minutes: the epoch is cut short (and the run stops)
+                return {"loss": total / max(steps, 1), "cut_by_clock_after_batches": steps,
+                        **({"skipped": skipped} if skipped else {})}
         return {"loss": total / max(steps, 1), **({"skipped": skipped} if skipped else {})}
 
     def save(epoch: int, state: LoopState) -> None:
@@ -343,7 +353,7 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
     return run_epochs(model, train_epoch, lambda m: validation_score(m, valid, cfg)[0],
                       max_epochs=cfg.max_epochs, eval_every=cfg.eval_every, patience=cfg.patience,
                       max_minutes=cfg.max_minutes, desc=cfg.model, progress=progress, state=loop,
-                      after_epoch=save, start=start)
+                      after_epoch=save, start=start, threads=threads, report=report)
 
 
 # ---------------------------------------------------------------------------------------------

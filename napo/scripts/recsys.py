@@ -9,7 +9,8 @@ GRU4Rec, Caser, DreamRec, PreferDiff) and the CF comparators (MostPop, MF, Light
 (`python recipes/recsys.py ...` is the same.) The `model` picks the settings class: a sequential
 model reads `napo.recsys.train.RecConfig`, a CF model `napo.recsys.cf_train.CFConfig`; every
 field can be set in the YAML file and overridden on the command line (--help lists both). One fit
-loop (napo.recsys.loop: eval_every, patience, max_minutes, best valid state restored). This
+loop (napo.recsys.loop: eval_every, patience, best valid state restored; `max_minutes` is a safety
+valve, and a run it stopped says so in metrics.json `train/stopped_by_clock` and run.json `fit`). This
 script imports neither TRL nor an LLM stack. The directory picks the protocol:
 
 - a candidate-list directory (`python -m data_prep ...`), sequential model: next-item rows.
@@ -42,9 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.cf import PROTOCOL as CF_PROTOCOL
+from data_prep.cf import is_cf_directory
 from data_prep.errors import UserError
-from data_prep.prepared import read_meta
 from napo.auxiliary import write_aux, write_item_vectors
 from napo.cards import command_line, dataset_facts, write_card
 from napo.eval.metrics import target_ranks
@@ -66,6 +66,7 @@ from napo.recsys.cf_train import fit as cf_fit
 from napo.recsys.cf_train import save_checkpoint as cf_save_checkpoint
 from napo.recsys.data import load_dataset_dir
 from napo.recsys.loop import FitResult
+from napo.recsys.shapley_sampler import summary as shapley_summary
 from napo.recsys.train import (
     RecConfig,
     RecRunArguments,
@@ -81,7 +82,7 @@ from napo.utils import package_versions, set_seed, write_run_info
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
-def main(argv=None, default_model: str | None = None) -> int:
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         StrictParser((RecRunArguments, RecConfig), description=DESCRIPTION).print_help()
@@ -90,7 +91,7 @@ def main(argv=None, default_model: str | None = None) -> int:
               "beside the run arguments above:\n")
         print(StrictParser((CFConfig,)).format_help().split("\n\n", 1)[1])
         return 0
-    if (peek(argv, "model") or default_model) in CF_MODELS:
+    if peek(argv, "model") in CF_MODELS:
         return train_cf(argv)
     return train_sequential(argv)
 
@@ -149,7 +150,8 @@ def train_sequential(argv) -> int:
                     **sample_keys(run_args, keep)})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(run_args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": result.history},
+                         "dataset_fingerprint": meta["fingerprint"], "history": result.history,
+                         "fit": result.record()},
                    cfg.seed)
     write_card(out, {  # README.md: the model card of a recommender without an LLM (napo.cards)
         "method": cfg.model, "model_name": out.name, "command": command_line(argv, "napo-recsys"),
@@ -174,8 +176,6 @@ def train_cf(argv) -> int:
     run_args, cfg = StrictParser((RecRunArguments, CFConfig)).parse(argv)
     if run_args.save_every or run_args.resume_from_checkpoint:
         fail("save_every / resume_from_checkpoint: sequential models only (a CF run restarts from scratch)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
 
     # Data: the directory picks the protocol (CF user-item sets, or candidate-list rows).
@@ -228,27 +228,25 @@ def train_cf(argv) -> int:
         scorer = popularity_scorer(data) if model is None else model_scorer(model, cfg)
         metrics = {f"valid/{k}": v for k, v in evaluate(scorer, data, "valid").items()}
         per_user: dict = {}
-        metrics.update(evaluate(scorer, data, "test", pop=True, per_user=per_user))
+        metrics.update(evaluate(scorer, data, "test", pop=True, per_user=per_user, mask_valid=cfg.mask_valid_at_test))
         users = per_user.pop("users")
         write_per_row(out, rows=users, split="test", dataset_fingerprint=meta["fingerprint"], values=per_user)
     metrics.update(result.metrics())
+    if cfg.sampler == "shapley":  # rounds, TIP's training and held-out R^2, v(N) - v(empty)
+        metrics.update(shapley_summary(result.history))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     protocol = {"protocol": "20-candidate, fold-in = mean of history item vectors"} if candidates else {}
     write_run_info(out, {**dataclasses.asdict(cfg), "dataset_dir": str(run_args.dataset_dir),
-                         "dataset_fingerprint": meta["fingerprint"], "history": result.history, **protocol},
+                         "dataset_fingerprint": meta["fingerprint"], "history": result.history,
+                         "fit": result.record(), **protocol},
                    cfg.seed)
     name = cfg.model if cfg.model == "MostPop" else f"{cfg.model}-{cfg.loss}"
     name += "-shapley" if cfg.sampler == "shapley" else ""
-    keys = ("hr@1", "hr@5", "ndcg@10", "mrr") if candidates else ("recall@20", "ndcg@20", "train/fit_seconds")
-    shown = {k: round(metrics[k], 4) for k in keys}
+    keys = ("hr@1", "hr@5", "ndcg@10", "mrr") if candidates else ("recall@20", "ndcg@20", "train/fit_seconds",
+                                                                 "train/epochs", "shapley/tip_r2_heldout")
+    shown = {k: round(metrics[k], 4) for k in keys if k in metrics}
     print(f"{name}{' candidates' if candidates else ''} test {json.dumps(shown)} -> {out / 'metrics.json'}")
     return 0
-
-
-def is_cf_directory(dataset_dir) -> bool:
-    """Whether a prepared directory holds the CF protocol (meta.json `protocol: cf`)."""
-    meta = read_meta(Path(dataset_dir), "run `python -m data_prep --dataset NAME --output-dir DIR` first")
-    return meta.get("protocol") == CF_PROTOCOL
 
 
 def scored_test_rows(run_args: RecRunArguments, num_rows: int, has_candidates: bool) -> list[int]:

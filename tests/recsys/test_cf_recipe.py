@@ -1,18 +1,21 @@
 """The CF comparators through the recsys recipe (recipes/recsys.py = napo.scripts.recsys): the CF
-protocol gives the numbers of the former `python -m napo.recsys.cf_train` entry point, the
+protocol gives the numbers of the former `python -m napo.recsys.cf_train` entry point (gone: the
+library has no script entries), the
 20-candidate fold-in scores napo-eval's sampled rows with napo-eval's metrics, --help lists the
 CF settings, and mismatched model / directory pairs are one-line errors."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from napo.eval.report import load_per_row
 from napo.eval.runner import load_split, sample_rows
 from napo.eval.stats import compare_runs, row_values
-from napo.recsys import cf_train
+from napo.recsys import cf_candidates, cf_train
 from napo.scripts import evaluate as napo_eval
 from napo.scripts import recsys
 
@@ -31,22 +34,31 @@ def _history(out):
 def test_cf_protocol_through_the_recipe_keeps_the_former_numbers(cf_dir, tmp_path):
     argv = ["--dataset_dir", str(cf_dir / "cf"), *COMMON, *MF_SSM, "--max_epochs", "12", "--eval_every", "3"]
     assert recsys.main([*argv, "--output_dir", str(tmp_path / "recipe")]) == 0
-    assert cf_train.main([*argv, "--output_dir", str(tmp_path / "alias")]) == 0
-    m, alias = _metrics(tmp_path / "recipe"), _metrics(tmp_path / "alias")
-    # Known answers: what `python -m napo.recsys.cf_train` wrote before it became an alias
+    m = _metrics(tmp_path / "recipe")
+    # Known answers: what `python -m napo.recsys.cf_train` wrote before it became the recipe
     # (commit 28b68f1, its own fit loop), same arguments, same tiny log, torch CPU, 1 thread.
     assert m["ndcg@20"] == pytest.approx(0.44707296957906784, abs=1e-6)
     assert m["ndcg@10"] == pytest.approx(0.4299137777027483, abs=1e-6)
     assert m["valid/ndcg@20"] == pytest.approx(0.4998100726729106, abs=1e-6)
     assert (m["recall@20"], m["train/best_epoch"], m["train/epochs"]) == (1.0, 3, 12)
-    timing = {"train/fit_seconds"}
-    assert set(m) == set(alias) and {k: v for k, v in m.items() if k not in timing} == \
-        {k: v for k, v in alias.items() if k not in timing}
-    assert _history(tmp_path / "recipe") == _history(tmp_path / "alias")
+    assert (m["train/stopped_by"], m["train/stopped_by_clock"]) == ("max_epochs", False)
+    fit = json.loads((tmp_path / "recipe" / "run.json").read_text())["config"]["fit"]
+    assert (fit["epochs"], fit["best_epoch"], fit["stopped_by"], fit["stopped_by_clock"]) == (12, 3, "max_epochs", False)
+    assert [r["threads"] for r in _history(tmp_path / "recipe")] == [1] * 12
     assert {"recall@10", "ndcg@50", "pop/hr@20/tail", "valid/recall@20", "train/fit_seconds"} <= set(m)
     per_row = load_per_row(tmp_path / "recipe")  # per-user values: what napo.eval.stats pairs
     for key in ("recall@20", "ndcg@20", "ndcg@10"):
         assert row_values(per_row, key).mean() == pytest.approx(m[key]), key
+
+
+def test_cf_library_modules_have_no_script_entry():
+    """The library never imports a script: the CF modules have no `python -m` entry, and no
+    module of napo/recsys points up at napo.scripts."""
+    for module in (cf_train, cf_candidates):
+        assert not hasattr(module, "main")
+    for path in Path(cf_train.__file__).parent.glob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import) (napo\.scripts\S*)", path.read_text(), re.M)
+        assert not imports, f"{path.name} imports {imports}"
 
 
 def test_shapley_through_the_recipe_keeps_the_former_numbers(cf_dir, tmp_path):

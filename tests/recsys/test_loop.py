@@ -53,3 +53,49 @@ def test_resume_continues_from_the_state_and_a_stopped_run_stays_stopped():
     done = LoopState(best=0.3, best_epoch=2, bad=2, epoch=4, best_state={"weight": torch.full((1, 1), 2.0)})
     model, result, seen = _run({1: 0, 5: 1.0}, state=done)
     assert seen == [] and result.epochs_run == 4 and model.weight.item() == 2.0
+
+
+def test_the_stop_reason_is_recorded():
+    _, result, _ = _run({1: 0.1, 2: 0.3, 3: 0.2, 4: 0.25, 5: 0.9})
+    assert result.stopped_by == "patience" and not result.stopped_by_clock
+    _, result, _ = _run({1: 0.1, 2: 0.2, 3: 0.3})
+    assert result.stopped_by == "max_epochs"
+    m = result.metrics()
+    assert (m["train/stopped_by"], m["train/stopped_by_clock"]) == ("max_epochs", False)
+    assert result.record() == {"best_epoch": 3, "epochs": 3, "stopped_by": "max_epochs",
+                               "stopped_by_clock": False, "fit_seconds": m["train/fit_seconds"]}
+
+
+def test_a_clock_stop_says_so(capsys, monkeypatch):
+    model = torch.nn.Linear(1, 1, bias=False)
+    clock = {"t": 0.0}
+
+    def train_epoch(epoch, deadline):
+        clock["t"] += 40.0  # every epoch takes 40 "seconds"
+        return {"loss": 1.0}
+
+    monkeypatch.setattr("napo.recsys.loop.time.time", lambda: clock["t"])
+    result = run_epochs(model, train_epoch, lambda m: 0.5, max_epochs=10, eval_every=5, patience=3,
+                        max_minutes=1.0, progress=False, start=0.0)
+    monkeypatch.undo()
+    # epoch 2 ends at 80 s > 60 s: validated (off the eval_every schedule) and stopped there
+    assert (result.epochs_run, result.stopped_by, result.stopped_by_clock) == (2, "clock", True)
+    assert result.history[-1]["valid"] == 0.5 and result.metrics()["train/stopped_by_clock"] is True
+    err = capsys.readouterr().err
+    assert "max_minutes 1 stopped training at epoch 2 of 10" in err and err.count("\n") == 1
+
+
+def test_the_thread_policy_is_rechecked_after_every_epoch():
+    class Policy:
+        current, calls = 2, 0
+
+        def adjust(self):
+            self.calls += 1
+            self.current = 1
+            return 1
+
+    policy = Policy()
+    model = torch.nn.Linear(1, 1, bias=False)
+    result = run_epochs(model, lambda e, d: {"loss": 0.0}, lambda m: 0.0, max_epochs=3, eval_every=1,
+                        patience=5, progress=False, threads=policy)
+    assert policy.calls == 3 and [r["threads"] for r in result.history] == [2, 1, 1]
