@@ -112,7 +112,7 @@ def run(args) -> int:
                     cmd = [sys.executable, "-P", str(REPO / "recipes" / "recsys.py"),
                            "--config", str(REPO / "recipes" / "configs" / dataset / f"{model}-cpu.yaml"),
                            "--dataset_dir", str(data_dir), "--output_dir", str(out), "--hidden", str(width),
-                           "--lr", str(lr_for(width)), "--seed", str(seed), "--quiet", "true"]
+                           "--lr", str(lr_for(width)), "--seed", str(seed)]
                     print(" ".join(cmd), flush=True)
                     start = time.time()
                     rc = subprocess.run(cmd, check=False).returncode
