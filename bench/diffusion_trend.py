@@ -12,6 +12,9 @@ per_row.json, run.json, checkpoint/).
     python bench/diffusion_trend.py run --data beauty=runs/data/beauty --widths 512 --seeds 1 --root runs/trend
     # valid and test metrics per width (mean +- sample std over seeds), paired intervals
     python bench/diffusion_trend.py table --root runs/trend
+    # any two runs (or seed lists) on the same test rows: paired intervals, napo.eval.stats
+    python bench/diffusion_trend.py compare --a runs/trend/beauty/preferdiff-d512/seed1 \
+        --b runs/pop/beauty --names "PreferDiff d 512" Pop
 """
 
 from __future__ import annotations
@@ -167,6 +170,16 @@ def table(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    """Paired intervals of A against B (each a run directory, or several: seeds, paired in order)."""
+    rows = [compare_runs(args.a if len(args.a) > 1 else args.a[0], args.b if len(args.b) > 1 else args.b[0],
+                         metric, names=tuple(args.names)) for metric in args.metrics]
+    print(paired_table(rows))
+    for row in rows:
+        print(f"{row.metric}: A / B = {row.mean_a / row.mean_b:.2f}" if row.mean_b else f"{row.metric}: B is 0")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["run"].add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     sub.choices["run"].add_argument("--root", default="runs/trend")
     sub.add_parser("table").add_argument("--root", default="runs/trend")
+    c = sub.add_parser("compare")
+    c.add_argument("--a", nargs="+", required=True, help="run directories of A (seeds, paired in order)")
+    c.add_argument("--b", nargs="+", required=True, help="run directories of B")
+    c.add_argument("--names", nargs=2, default=["A", "B"])
+    c.add_argument("--metrics", nargs="+", default=["full/hr@5", "full/ndcg@5"])
     args = p.parse_args(argv)
-    return {"measure": measure, "run": run, "table": table}[args.command](args)
+    return {"measure": measure, "run": run, "table": table, "compare": compare}[args.command](args)
 
 
 if __name__ == "__main__":
