@@ -1,10 +1,12 @@
 """PreferDiff speed on this machine: one training epoch and full-catalogue inference.
 
 Synthetic data of the Beauty shape (17,890 training users, 12,101 items, history 10), so no
-dataset is needed. Two settings: the CPU config (d 128) over the whole epoch and every test user,
-and the paper's d = 3072 timed on a slice and reported per 1,000 users (an epoch over all users
-at d = 3072 scales linearly from it). Inference = DDIM with guidance (stride 100 over T = 2000:
-20 steps, each one doubled batch) + one matrix product against the catalogue + the ranks.
+dataset is needed. Two settings, both with the Beauty CPU config's other settings
+(recipes/configs/beauty/preferdiff-cpu.yaml: one example per user, w 8): its own width over the
+whole epoch and every test user, and the paper's d = 3072 timed on a slice and reported per 1,000
+users (an epoch over all users at d = 3072 scales linearly from it). Inference = DDIM with guidance
+(stride 100 over T = 2000: 20 denoiser calls, guidance folded into the condition) + one matrix
+product against the catalogue + the ranks.
 
     python bench/diffusion_speed.py [--threads 1] [--users 1000]
 """
@@ -14,12 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from napo.recsys.data import SeqSplit
-from napo.recsys.train import RecConfig, infer, make_model
+from napo.recsys.train import RecConfig, infer, make_model, make_optimizer
 
 NUM_ITEMS, TRAIN_USERS, TEST_USERS = 12_101, 17_890, 2_237
 
@@ -32,12 +36,13 @@ def synthetic(n: int, rng: np.random.Generator) -> SeqSplit:
 
 
 def epoch_seconds(model, cfg: RecConfig, split: SeqSplit) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(list(model.parameters()), cfg)
     model.train()
     seq, tgt = torch.from_numpy(split.seq), torch.from_numpy(split.target)
     start = time.time()
     for b in range(0, len(split), cfg.batch_size):
-        loss = model.training_loss(seq[b: b + cfg.batch_size], tgt[b: b + cfg.batch_size])
+        loss = model.training_loss(seq[b: b + cfg.batch_size], tgt[b: b + cfg.batch_size],
+                                   all_positions=cfg.all_positions)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -59,17 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     rows = []
-    for name, hidden, n_train, n_test in (("CPU config", 128, TRAIN_USERS, TEST_USERS),
+    cpu = yaml.safe_load((Path(__file__).parents[1] / "recipes/configs/beauty/preferdiff-cpu.yaml").read_text())
+    for name, hidden, n_train, n_test in (("CPU config", cpu["hidden"], TRAIN_USERS, TEST_USERS),
                                           ("paper d=3072", 3072, args.users, args.users)):
-        cfg = RecConfig.from_dict({"model": "PreferDiff", "hidden": hidden, "num_blocks": 1, "num_heads": 2,
-                                   "dropout": 0.1, "batch_size": 256, "guidance_w": 8.0})
+        cfg = RecConfig.from_dict({**cpu, "hidden": hidden})
         model = make_model(cfg, NUM_ITEMS)
         params = sum(p.numel() for p in model.parameters())
         train_s = epoch_seconds(model, cfg, synthetic(n_train, rng))
         infer_s = infer_seconds(model, synthetic(n_test, rng), batch_size=1024 if hidden < 1024 else 256)
         rows.append((name, hidden, params, n_train, train_s, train_s / n_train * 1000,
                      n_test, infer_s, infer_s / n_test * 1000))
-    print(f"PreferDiff speed, {args.threads} CPU thread(s), {NUM_ITEMS:,} items, T 2000, DDIM stride 100, w 8")
+    print(f"PreferDiff speed, {args.threads} CPU thread(s), {NUM_ITEMS:,} items, T 2000, DDIM stride 100, "
+          f"w {cpu['guidance_w']}")
     print("| setting | d | params | train users | epoch s | s / 1k users | test users | infer s | s / 1k users |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, d, params, nt, ts, tk, ni, is_, ik in rows:

@@ -162,7 +162,7 @@ class DiffusionRec(SeqRecommender):
         nn.init.normal_(self.item_emb.weight, std=1.0)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-        nn.init.normal_(self.pos_emb.weight, std=hidden ** -0.5)
+        nn.init.normal_(self.pos_emb.weight, std=1.0)  # as the official code (nn.Embedding's default)
         # denoiser F(x_t, c, t) and the learned null condition
         self.null_cond = nn.Parameter(torch.randn(hidden))
         self.step_mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
@@ -175,33 +175,56 @@ class DiffusionRec(SeqRecommender):
 
     # -- condition -----------------------------------------------------------------------------
 
-    def _encode_all(self, seq: torch.Tensor) -> torch.Tensor:
-        """History states [B, L] -> [B, L, d]; the condition is the state at the last column."""
-        b, length = seq.shape
+    def _embed(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-aligned history [B, L] -> block input [B, L, d] and the attention mask [B, 1, L, L]."""
+        length = seq.shape[1]
         pos = torch.arange(self.max_len - length, self.max_len, device=seq.device)
         x = self.emb_dropout(self.item_emb(seq) + self.pos_emb(pos)[None]) * (seq > 0).unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
         allowed = causal[None] & (seq > 0)[:, None, :]
-        allowed = (allowed | torch.eye(length, dtype=torch.bool, device=seq.device)[None])[:, None]
+        return x, (allowed | torch.eye(length, dtype=torch.bool, device=seq.device)[None])[:, None]
+
+    def _encode_all(self, seq: torch.Tensor) -> torch.Tensor:
+        """History states [B, L] -> [B, L, d]; the condition is the state at the last column."""
+        x, allowed = self._embed(seq)
         for block in self.blocks:
             x = block(x, allowed)
         return self.final_norm(x)
 
     def condition(self, seq: torch.Tensor) -> torch.Tensor:
-        """c = encoder state at the last history item: [B, L] -> [B, d]."""
-        return self.encode_all(seq)[:, -1]
+        """c = encoder state at the last history item: [B, L] -> [B, d]. Equals
+        encode_all(seq)[:, -1], but the last block computes its output at the last position only
+        (most of the encoder's cost at large d when each row trains one target)."""
+        x, allowed = self._embed(self._prepare(seq))
+        if not len(self.blocks):
+            return self.final_norm(x[:, -1])
+        for block in self.blocks[:-1]:
+            x = block(x, allowed)
+        return self.final_norm(self.blocks[-1](x, allowed, last_only=True)[:, -1])
 
     # -- denoiser ------------------------------------------------------------------------------
 
     def denoise(self, x_t: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x0^ = F(x_t, c, t): [B, d], [B, d], [B] int -> [B, d]."""
+        """x0^ = F(x_t, c, t): x_t [B, d] or [K, B, d] (K noisy inputs under the same condition
+        and step), c [B, d], t [B] int -> shaped as x_t.
+
+        The linear denoiser is W [x_t ; c ; tau] + b = W_x x_t + (W_c c + W_tau tau + b): the
+        bracket is computed once for all K inputs (the same numbers as K calls on the concatenation)."""
         steps, row = t.unique(return_inverse=True)  # sampling: one step for the whole batch
         tau = self.step_mlp(sinusoid(steps, self.hidden))[row]  # [B, d]
+        if isinstance(self.denoiser, nn.Linear):
+            weight, d = self.denoiser.weight, self.hidden  # weight [d, 3d]: columns of x_t, c, tau
+            shared = F.linear(torch.cat([c, tau], dim=-1), weight[:, d:], self.denoiser.bias)  # [B, d]
+            return F.linear(x_t, weight[:, :d]) + shared
+        c, tau = c.expand(x_t.shape), tau.expand(x_t.shape)
         return self.denoiser(torch.cat([x_t, c, tau], dim=-1))
 
     def guided(self, x_t: torch.Tensor, c: torch.Tensor, t: torch.Tensor, w: float) -> torch.Tensor:
-        """(1 + w) F(x_t, c, t) - w F(x_t, c0, t), as one doubled batch: [B, d] -> [B, d]."""
+        """(1 + w) F(x_t, c, t) - w F(x_t, c0, t): [B, d] -> [B, d]. The linear denoiser is affine
+        in c, so this is one call F(x_t, (1 + w) c - w c0, t); the MLP runs one doubled batch."""
         b = x_t.shape[0]
+        if isinstance(self.denoiser, nn.Linear):
+            return self.denoise(x_t, (1 + w) * c - w * self.null_cond, t)
         both = self.denoise(torch.cat([x_t, x_t]), torch.cat([c, self.null_cond.expand(b, -1)]),
                             torch.cat([t, t]))  # [2B, d]
         cond, uncond = both[:b], both[b:]
@@ -221,14 +244,15 @@ class DiffusionRec(SeqRecommender):
         c = torch.where(drop[:, None], self.null_cond.expand(b, -1), c)
         t = torch.randint(0, self.steps, (b,), device=c.device)
         x0 = self.item_emb(target + 1)  # [B, d]
-        x0_hat = self.denoise(self.q_sample(x0, t, torch.randn_like(x0)), c, t)
+        x_t = self.q_sample(x0, t, torch.randn_like(x0))
         if self.objective == "dreamrec":
-            return F.mse_loss(x0_hat, x0)
+            return F.mse_loss(self.denoise(x_t, c, t), x0)
         other = target[:, None] != target[None, :]  # [B, B] in-batch negatives (no accidental hits)
         count = other.sum(1)  # [B]
         centroid = (other.to(x0.dtype) @ x0) / count.clamp(min=1)[:, None]  # [B, d]
         has_neg = count > 0
-        neg_hat = self.denoise(self.q_sample(centroid, t, torch.randn_like(x0)), c, t)
+        n_t = self.q_sample(centroid, t, torch.randn_like(x0))
+        x0_hat, neg_hat = self.denoise(torch.stack([x_t, n_t]), c, t)  # one step embedding for both
         pos_err = cosine_error(x0, x0_hat)  # [B]
         neg_err = torch.where(has_neg, cosine_error(centroid, neg_hat), torch.zeros_like(pos_err))
         return preferdiff_loss(pos_err, neg_err, has_neg, self.lam, self.gamma, self.form)

@@ -92,17 +92,27 @@ class _Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [B, L, d], allowed [B, 1, L, L] (query, key) -> [B, L, d]; with last_only the output
+        at the last position only, [B, 1, d]: keys and values still come from every position, but
+        the query, the projection and the feed-forward run on one position instead of L (the
+        same numbers as forward(x, allowed)[:, -1:], for a model that needs only the last state)."""
         b, length, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)
-        heads = [t.view(b, length, self.num_heads, d // self.num_heads).transpose(1, 2) for t in (q, k, v)]
-        q, k, v = heads
+        h = self.norm1(x)
+        if last_only:
+            x, allowed = x[:, -1:], allowed[:, :, -1:]
+            q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d])
+            k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=-1)
+        else:
+            q, k, v = self.qkv(h).split(d, dim=-1)
+        queries = x.shape[1]
+        q, k, v = [t.view(b, t.shape[1], self.num_heads, d // self.num_heads).transpose(1, 2) for t in (q, k, v)]
         # plain attention math (L <= a few dozen): explicit and identical on every backend
-        logits = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.num_heads)  # [B, H, L, L]
+        logits = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.num_heads)  # [B, H, L_q, L]
         weights = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
         weights = F.dropout(weights, self.attn_dropout, self.training)
-        a = weights @ v  # [B, H, L, d/H]
-        x = x + self.dropout(self.proj(a.transpose(1, 2).reshape(b, length, d)))
+        a = weights @ v  # [B, H, L_q, d/H]
+        x = x + self.dropout(self.proj(a.transpose(1, 2).reshape(b, queries, d)))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 

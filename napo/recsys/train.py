@@ -14,6 +14,7 @@ napo.recsys.loop). Threads: napo.threads (one policy for every recipe).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -51,6 +52,18 @@ from napo.threads import POLICIES, apply_threads
 
 class RecConfigError(UserError):
     """A one-line problem with a recommender run's settings."""
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str) -> torch.device:
+    """RecConfig.device -> a torch device (auto: cuda when one is visible, else cpu)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RecConfigError("device cuda: no CUDA device is visible here; use device cpu or auto")
+    return torch.device(name)
 
 
 @dataclass
@@ -91,6 +104,9 @@ class RecConfig:
     thread_policy: str = field(default="adaptive", metadata={"help": "adaptive (fewer threads while other processes keep "
                                                                    "the cores busy, re-checked every epoch; napo.threads) or fixed (exactly `threads`)",
                                                                    "choices": list(POLICIES)})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, or auto (cuda when one is visible); "
+                                                  "not cpu: full-softmax (ce) or diffusion models only",
+                                                  "choices": ["cpu", "cuda", "auto"]})
     # DreamRec / PreferDiff (napo.recsys.diffusion); ignored by the other models
     diffusion_steps: int = field(default=2000, metadata={"help": "diffusion steps T"})
     beta_schedule: str = field(default="linear", metadata={"help": "linear or cosine", "choices": list(SCHEDULES)})
@@ -120,6 +136,11 @@ class RecConfig:
         if self.model not in MODELS and self.model not in DIFFUSION_MODELS:
             known = [*MODELS, *DIFFUSION_MODELS]
             raise RecConfigError(f"unknown model {self.model!r}; choose one of {', '.join(known)}")
+        if self.device not in DEVICES:
+            raise RecConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.device != "cpu" and self.loss != "ce" and self.model not in DIFFUSION_MODELS:
+            raise RecConfigError(f"device {self.device}: the negative samplers of loss {self.loss} run on the "
+                                 "CPU; use device cpu, or loss ce")
 
     @classmethod
     def from_dict(cls, values: dict) -> RecConfig:
@@ -196,17 +217,19 @@ def infer(model: SeqRecommender, split: SeqSplit, *, batch_size: int = 512, top_
           exclude_history: bool = False, progress: bool = False) -> SplitOutputs:
     """Run the model over a split in chunks (never holds [N, num_items] at once)."""
     model.eval()
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     vecs, cands, ranks, tops = [], [], [], []
     n = len(split)
     for start in tqdm(range(0, n, batch_size), desc="infer", disable=not progress, leave=False):
         sl = slice(start, start + batch_size)
-        seq = torch.from_numpy(split.seq[sl])
+        seq = torch.from_numpy(split.seq[sl]).to(device)
         h = model.encode(seq)
         scores = model.score(h)  # [b, num_items]
-        vecs.append(h.float().numpy())
+        vecs.append(h.float().cpu().numpy())
         if split.candidates is not None:
-            cands.append(torch.gather(scores, 1, torch.from_numpy(split.candidates[sl])).float().numpy())
-        s = scores.float().numpy()
+            cand = torch.from_numpy(split.candidates[sl]).to(device)
+            cands.append(torch.gather(scores, 1, cand).float().cpu().numpy())
+        s = scores.float().cpu().numpy()
         exclude = [row[row > 0] - 1 for row in split.seq[sl]] if exclude_history else None
         ranks.append(full_ranks(s, split.target[sl], exclude))
         tops.append(top_items(s, top_r, exclude))
@@ -281,6 +304,15 @@ def _batch_loss(model: SeqRecommender, cfg: RecConfig, sampler, seq: torch.Tenso
     return sampled_softmax_loss(pos, neg, mask)
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: RecConfig) -> torch.optim.Adam:
+    """Adam over `params`. The fused kernel (one pass over each tensor) where torch has one for
+    the parameters' device: the same update as the per-tensor loop to float rounding, about 10x
+    faster on CPU, which matters when the optimiser step is a large part of a training step
+    (PreferDiff at d 3072: 0.24 B parameters, most of them in the item table)."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
         train_counts=None, progress: bool = True, *, checkpoint_dir: str | Path | None = None,
         save_every: int = 0, resume_from: str | Path | None = None, nonfinite: str = "stop",
@@ -297,6 +329,8 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
     """
     start = time.time()
     threads = apply_threads(cfg.threads, cfg.thread_policy)
+    device = resolve_device(cfg.device)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # Popularity: nothing to learn
         score, _ = validation_score(model, valid, cfg)
@@ -310,7 +344,7 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
                                 generator=sampler_gen)
         if cfg.logq and cfg.loss == "sampled_softmax":
             sampler.log_q(torch.zeros(1, dtype=torch.long))  # fail now, not mid-training
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg)
     generators = {"order": gen, "sampler": sampler_gen}
     seq_all, tgt_all = torch.from_numpy(train.seq), torch.from_numpy(train.target)
     loop = LoopState()
@@ -325,7 +359,7 @@ def fit(model: SeqRecommender, cfg: RecConfig, train: SeqSplit, valid: SeqSplit,
         total, steps, skipped = 0.0, 0, 0
         for batch, b in enumerate(range(0, len(train), cfg.batch_size)):
             idx = perm[b: b + cfg.batch_size]
-            loss = _batch_loss(model, cfg, sampler, seq_all[idx], tgt_all[idx])
+            loss = _batch_loss(model, cfg, sampler, seq_all[idx].to(device), tgt_all[idx].to(device))
             opt.zero_grad(set_to_none=True)
             bad_loss = not bool(torch.isfinite(loss.detach()))
             if not bad_loss:

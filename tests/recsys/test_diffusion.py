@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from napo.recsys.data import load_dataset_dir
-from napo.recsys.diffusion import DiffusionRec, ddim_step, ddpm_step, make_betas
+from napo.recsys.diffusion import (
+    DiffusionRec,
+    cosine_error,
+    ddim_step,
+    ddpm_step,
+    make_betas,
+    preferdiff_loss,
+    sinusoid,
+)
 from napo.recsys.train import (
     RecConfig,
     fit,
@@ -90,6 +98,79 @@ def _reference_pos_only(model, seq, target):
     e = model.item_emb.weight[target + 1]
     fe = model.denoise(math.sqrt(a) * e + math.sqrt(1 - a) * eps, c, t)
     return ((torch.nn.functional.cosine_similarity(e, fe) - 1) ** 2).item()
+
+
+def _plain_preferdiff_step(model, seq, target, seed):
+    """The training step before the fast paths, written out: the condition from the full encoder
+    output, the step embedding and the linear denoiser on the concatenation [x_t ; c ; tau], once
+    for the positive and once for the centroid. Loss and gradients of every parameter."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    c = model.encode_all(seq)[:, -1]
+    b = len(target)
+    drop = torch.rand(b) < model.p_uncond
+    c = torch.where(drop[:, None], model.null_cond.expand(b, -1), c)
+    t = torch.randint(0, model.steps, (b,))
+    x0 = model.item_emb(target + 1)
+    x_t = model.q_sample(x0, t, torch.randn_like(x0))
+    tau = model.step_mlp(sinusoid(t, model.hidden))
+    other = target[:, None] != target[None, :]
+    centroid = (other.float() @ x0) / other.sum(1).clamp(min=1)[:, None]
+    n_t = model.q_sample(centroid, t, torch.randn_like(x0))
+    pos = cosine_error(x0, model.denoiser(torch.cat([x_t, c, tau], -1)))
+    neg = cosine_error(centroid, model.denoiser(torch.cat([n_t, c, tau], -1)))
+    loss = preferdiff_loss(pos, neg, other.any(1), model.lam, model.gamma, model.form)
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+@pytest.mark.parametrize("form", ["paper", "faithful"])
+def test_fast_training_step_equals_the_plain_one(blocks, form):
+    # dropout 0 in train mode: both paths draw the same random numbers (condition dropout, t, noises)
+    model = _model(hidden=16, num_blocks=blocks, steps=2000, preferdiff_form=form, p_uncond=0.3).train()
+    seq = torch.tensor([[0, 0, 3, 4], [1, 2, 5, 0], [0, 0, 0, 7], [6, 7, 8, 9], [0, 0, 0, 0], [0, 2, 3, 11]])
+    target = torch.tensor([5, 2, 5, 11, 0, 1])  # a right-padded row, an empty history, a repeated target
+    want_loss, want_grads = _plain_preferdiff_step(model, seq, target, seed=11)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(11)
+    loss = model.training_loss(seq, target)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-5, atol=1e-7)
+    grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == want_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 3])
+def test_condition_is_the_last_encoder_state(blocks):
+    model = _model(hidden=16, num_blocks=blocks)
+    seq = torch.tensor([[0, 0, 3, 4, 9], [1, 2, 5, 0, 0], [0, 0, 0, 0, 0], [6, 7, 8, 9, 10]])
+    torch.testing.assert_close(model.condition(seq), model.encode_all(seq)[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_denoiser_splits_and_guidance_by_linearity_match_the_plain_formulas():
+    model = _model(hidden=8)
+    x, c, t = torch.randn(2, 4, 8), torch.randn(4, 8), torch.tensor([0, 5, 17, 5])
+    tau = model.step_mlp(sinusoid(t, 8))
+    for k in range(2):  # K stacked inputs under one condition = K calls on the concatenation
+        torch.testing.assert_close(model.denoise(x, c, t)[k], model.denoiser(torch.cat([x[k], c, tau], -1)))
+    mlp = _model(hidden=8, denoiser="mlp")
+    tau = mlp.step_mlp(sinusoid(t, 8))
+    torch.testing.assert_close(mlp.denoise(x, c, t)[1], mlp.denoiser(torch.cat([x[1], c, tau], -1)))
+    for m in (model, mlp):  # guidance against the two conditional calls it stands for
+        want = 3.5 * m.denoiser(torch.cat([x[0], c, tau if m is mlp else model.step_mlp(sinusoid(t, 8))], -1)) \
+            - 2.5 * m.denoiser(torch.cat([x[0], m.null_cond.expand(4, -1), m.step_mlp(sinusoid(t, 8))], -1))
+        torch.testing.assert_close(m.guided(x[0], c, t, 2.5), want, rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_start_as_the_official_code():
+    # item rows and positions N(0, 1) (nn.Embedding's default, kept by the official code)
+    model = DiffusionRec(500, hidden=256, max_len=10)
+    assert model.item_emb.weight[1:].std().item() == pytest.approx(1.0, abs=0.02)
+    assert model.pos_emb.weight.std().item() == pytest.approx(1.0, abs=0.05)
+    assert model.item_emb.weight[0].abs().sum().item() == 0.0
 
 
 def test_dreamrec_loss_is_mse_of_x0():
@@ -215,8 +296,14 @@ def test_configs_load():
     for path in paths:
         cfg = RecConfig.from_dict(yaml.safe_load(path.read_text()))
         assert cfg.model in ("DreamRec", "PreferDiff") and cfg.diffusion_steps == 2000, path
+        assert cfg.max_minutes == 0, path  # no clock decides a number
+        if path.parent.name in ("beauty", "sports"):  # the papers' protocol: valid Recall@5, patience 10
+            assert (cfg.select_metric, cfg.select_protocol, cfg.patience) == ("hr@5", "full", 10), path
+            assert not cfg.all_positions and cfg.guidance_w == {"beauty": 8, "sports": 2}[path.parent.name], path
+            assert cfg.model == "DreamRec" or cfg.preferdiff_form == "faithful", path
         if cfg.hidden == 3072:  # the papers' settings
             assert (cfg.lr, cfg.batch_size, cfg.ddim_stride) == (1e-4, 256, 100), path
-            assert cfg.guidance_w == {"beauty": 8, "sports": 2}[path.parent.name], path
         else:
             make_model(cfg, 50)  # CPU-sized: builds
+        if path.stem.endswith("-cpu"):  # a width that works, lr scaled as lr * d = 0.384
+            assert cfg.hidden >= 512 and cfg.lr * cfg.hidden == pytest.approx(0.384), path

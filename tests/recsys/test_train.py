@@ -13,6 +13,8 @@ from napo.recsys.train import (
     infer,
     load_checkpoint,
     make_model,
+    make_optimizer,
+    resolve_device,
     save_checkpoint,
     split_metrics,
 )
@@ -90,3 +92,38 @@ def test_sequential_configs_load_and_build(path):
     if path.parent.name in ("beauty", "sports"):
         assert cfg.select_protocol == "full" and cfg.all_positions and model.supports_all_positions
     assert model(torch.zeros(2, cfg.max_len, dtype=torch.long)).shape == (2, 50)
+
+
+def test_optimizer_is_fused_adam_with_the_per_tensor_update():
+    cfg = RecConfig(lr=0.01, weight_decay=0.001)
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(30, 7)), torch.nn.Parameter(torch.randn(7))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    start = [p.detach().clone() for p in a]
+    fused, plain = make_optimizer(a, cfg), torch.optim.Adam(b, lr=0.01, weight_decay=0.001, foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(20):
+        grads = [torch.randn_like(p) for p in a]
+        for p, q, g in zip(a, b, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q, p0 in zip(a, b, start, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert (p - p0).abs().max() > 0.05  # 20 steps of lr 0.01 moved them
+
+
+def test_device_setting(cycle_dataset):
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        RecConfig(device="tpu")
+    with pytest.raises(ValueError, match="samplers of loss bce run on the CPU"):
+        RecConfig(model="SASRec", loss="bce", device="cuda")
+    RecConfig(model="PreferDiff", device="cuda")  # its own loss: no sampler
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == want and resolve_device("cpu").type == "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the no-device error cannot show here")
+    cfg = RecConfig.from_dict({**TINY, "model": "SASRec", "max_epochs": 1, "device": "cuda"})
+    splits, num_items, counts, _ = load_dataset_dir(cycle_dataset, cfg.max_len)
+    with pytest.raises(ValueError, match="device cuda: no CUDA device is visible here"):
+        fit(make_model(cfg, num_items, counts), cfg, splits["train"], splits["valid"], counts, progress=False)
