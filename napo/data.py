@@ -115,7 +115,7 @@ def _conversational_hint(split: Any, columns: tuple[str, ...]) -> str | None:
     return None
 
 
-def to_prompt_completion(split: Any, max_samples: int | None = None) -> Any:
+def to_prompt_completion(split: Any, max_samples: int | None = None, keep: tuple[str, ...] = ()) -> Any:
     """A split reduced to TRL's prompt/completion format (for SFT).
 
     Args:
@@ -123,8 +123,9 @@ def to_prompt_completion(split: Any, max_samples: int | None = None) -> Any:
             ``prompt`` and ``chosen`` (a prepared split, docs/contracts.md, or TRL preference rows).
         max_samples: keep only the first rows (row order is the contract, so this is
             deterministic); None keeps all.
+        keep: other columns to keep (LLaRA's placeholders need ``history`` and ``candidates``).
     Returns:
-        ``datasets.Dataset`` with exactly two string columns, ``prompt`` and ``completion``.
+        ``datasets.Dataset`` with the string columns ``prompt`` and ``completion`` (and ``keep``).
     """
     answer = "completion" if "completion" in split.column_names else "chosen"
     hint = _conversational_hint(split, ("prompt", answer, "messages"))
@@ -141,7 +142,7 @@ def to_prompt_completion(split: Any, max_samples: int | None = None) -> Any:
         raise TrainingDataError(f"column(s) {not_text} must hold strings for SFT (got {split.features[not_text[0]]})")
     if max_samples is not None:
         split = split.select(range(min(max_samples, len(split))))
-    extra = [c for c in split.column_names if c not in ("prompt", answer)]
+    extra = [c for c in split.column_names if c not in ("prompt", answer, *keep)]
     split = split.remove_columns(extra)
     return split.rename_column(answer, "completion") if answer != "completion" else split
 

@@ -25,12 +25,14 @@ from dataclasses import asdict
 from trl import ModelConfig, SFTConfig, get_peft_config
 
 from data_prep.errors import UserError
+from napo import hybrid
 from napo.cards import command_line, dataset_facts
 from napo.checkpoints import resolve_resume
 from napo.config import DatasetArguments
 from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
 from napo.guards import GuardArguments, attach_guards
 from napo.hub import RecSFTTrainer, base_model_facts
+from napo.hybrid import placeholders
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.scripts.parser import ScriptParser, fail
 from napo.tracking import LogHistoryCallback
@@ -39,8 +41,8 @@ from napo.utils import write_run_info
 
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys stop the run with file:line:column.
-    parser = ScriptParser((DatasetArguments, SFTConfig, ModelConfig, GuardArguments))
-    data_args, training_args, model_args, guard_args = parser.parse(argv)
+    parser = ScriptParser((DatasetArguments, SFTConfig, ModelConfig, GuardArguments, hybrid.HybridArguments))
+    data_args, training_args, model_args, guard_args, hybrid_args = parser.parse(argv)
 
     # Data and tokenizer checked first, then the model (dtype, QLoRA quantization, attention
     # implementation, pad token): a missing directory or a dataset/tokenizer mismatch ends the
@@ -56,14 +58,19 @@ def main(argv=None):
         check_item_tokens(tokenizer, meta, items)
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
         base = base_model_facts(model_args.model_name_or_path)  # the base's Hub id, recorded at load time
+        # Hybrid item embeddings (item_embeddings: aux): the aux model's item vectors through a projector.
+        encoder = hybrid.prepare(model, tokenizer, hybrid_args, meta=meta, items=items,
+                                 aux_dir=hybrid_args.item_aux_dir, seed=training_args.seed)
+        llara = placeholders.uses_placeholders(model)
+        keep = ("history", "candidates") if llara else ()
         # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
         for split in [data_args.train_split] + ([data_args.eval_split] if training_args.eval_strategy != "no" else []):
             if split not in dataset:
                 raise TrainingDataError(f"{data_args.source}: no split {split!r} (has {', '.join(dataset)})")
-        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples)
+        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples, keep)
         eval_dataset = None
         if training_args.eval_strategy != "no":
-            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples)
+            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples, keep)
     except UserError as err:
         fail(err)
 
@@ -74,9 +81,15 @@ def main(argv=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=hybrid.peft_settings(get_peft_config(model_args), model, encoder),
         callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
     )
+    if llara:  # LLaRA's curriculum: hybrid batches (placeholders -> projected aux vectors) or text-only
+        trainer.extra_columns = keep
+        trainer.data_collator = placeholders.CurriculumCollator(
+            trainer.data_collator, placeholders.placeholder_ids(tokenizer), hybrid_args.hybrid_curriculum,
+            seed=training_args.seed)
+        trainer.add_callback(placeholders.curriculum_callback(trainer.data_collator))
     rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
     trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
                          "dataset": dataset_facts(data_args.source, meta, rows)}

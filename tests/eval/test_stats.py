@@ -9,7 +9,14 @@ import pytest
 
 from napo.eval.metrics import metrics_from_ranks
 from napo.eval.report import EvalOutputError, load_per_row, write_per_row
-from napo.eval.stats import NO_DIFFERENCE, compare_runs, crossed_bootstrap, paired, paired_table, row_values
+from napo.eval.stats import (
+    NO_DIFFERENCE,
+    compare_runs,
+    crossed_bootstrap,
+    paired,
+    paired_table,
+    row_values,
+)
 
 
 def _hits(wins: int, losses: int, both: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
