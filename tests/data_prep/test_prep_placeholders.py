@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from data_prep.__main__ import main
 from data_prep.prepared import load_prepared
 from data_prep.prompts import PLACEHOLDERS
