@@ -10,12 +10,21 @@ after a warm-up) so that a loaded machine slows them alike, and ratios come from
 
     python bench/napo_step.py             # a few minutes on 2 CPU cores
     python bench/napo_step.py --quick     # smaller shapes (checks the script)
+
+With ``--item-tokens`` the items are item tokens (`<item_i>`, one added token each, as
+`napo.models.tiny --item-tokens` makes) and the trainer scores with ``scoring: answer``: one
+forward of the prompt per row, every completion (own and borrowed) read from the answer
+position's log-softmax. Rescore should then cost what reuse costs (target: <= 1.1x); the packed
+layout's rescore on the same rows is timed beside it for reference.
+
+    python bench/napo_step.py --item-tokens
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -25,9 +34,12 @@ WORDS = ("Star", "Night", "River", "Golden", "Ghost", "City", "Blue", "Island", 
          "Red", "Man", "Day", "Wave", "Stone", "Winter", "Fire", "Silent", "Lost", "Moon", "Road")
 
 
-def synthetic_rows(num_rows: int, num_items: int, history: int, seed: int = 0) -> tuple[list[dict], list[str]]:
+def synthetic_rows(num_rows: int, num_items: int, history: int, seed: int = 0,
+                   item_tokens: bool = False) -> tuple[list[dict], list[str]]:
     rng = random.Random(seed)
     titles = [" ".join(rng.choice(WORDS) for _ in range(3)) + f" ({1900 + i})" for i in range(num_items)]
+    if item_tokens:
+        titles = [f"<item_{i}>" for i in range(num_items)]
     rows = []
     for user in range(num_rows):
         seen = rng.sample(range(num_items), history + 20)
@@ -36,8 +48,9 @@ def synthetic_rows(num_rows: int, num_items: int, history: int, seed: int = 0) -
         rng.shuffle(cands)
         prompt = ("This user has watched " + ", ".join(titles[i] for i in hist) + ". Choose one of these 20 movies: "
                   + ", ".join(titles[i] for i in cands) + ". Answer:")
+        space = "" if item_tokens else " "  # an item token is the whole completion (data_prep's join)
         rows.append({"user_id": user, "history": hist, "target": target, "candidates": cands, "prompt": prompt,
-                     "chosen": " " + titles[target], "rejected": [" " + titles[c] for c in cands if c != target]})
+                     "chosen": space + titles[target], "rejected": [space + titles[c] for c in cands if c != target]})
     return rows, titles
 
 
@@ -49,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--history", type=int, default=37, help="history titles per prompt (37: about 384 prompt tokens)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--item-tokens", action="store_true", help="items as item tokens, scoring answer (see above)")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.hidden, args.layers, args.history = 2, 64, 2, 4
@@ -65,10 +79,15 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, titles = synthetic_rows(64, 400, args.history)
-    tokenizer = wrap_tokenizer(train_bpe([r["prompt"] for r in rows] + titles, vocab_size=600))
+    num_items = 400
+    rows, titles = synthetic_rows(64, num_items, args.history, item_tokens=args.item_tokens)
+    corpus = [r["prompt"] for r in rows] + titles
+    if args.item_tokens:  # BPE on the words of the prompts; the items are added tokens
+        corpus = [re.sub(r"<item_\d+>", " ", t) for t in corpus]
+    tokenizer = wrap_tokenizer(train_bpe(corpus, vocab_size=600), range(num_items) if args.item_tokens else ())
     prompt_len = statistics.mean(len(tokenizer(r["prompt"])["input_ids"]) for r in rows)
-    title_len = statistics.mean(len(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) + 1 for t in titles)
+    space = "" if args.item_tokens else " "
+    title_len = statistics.mean(len(tokenizer(space + t, add_special_tokens=False)["input_ids"]) + 1 for t in titles)
     gen = torch.Generator().manual_seed(0)
     data = add_aux_columns(Dataset.from_list(rows), torch.randn(len(rows), 16, generator=gen),
                            torch.randn(len(rows), 20, generator=gen))
@@ -85,6 +104,9 @@ def main(argv=None) -> int:
         "NAPO rescore": dict(loss_type="napo", share_mode="rescore"),
         "NAPO no sharing": dict(loss_type="napo", share_negatives=False),
     }
+    if args.item_tokens:  # every mode on the answer layout, plus packed rescore for reference
+        modes = {name: {**m, "scoring": "answer"} for name, m in modes.items()}
+        modes["NAPO rescore (packed)"] = dict(loss_type="napo", share_mode="rescore", scoring="packed")
     trainers, batches = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in modes.items():
@@ -122,7 +144,8 @@ def main(argv=None) -> int:
         pool = {name: trainers[name]._metrics["train"].get("napo/pool_size", [1.0])[-1] for name in modes}
 
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"NAPO step cost: Qwen2 {args.hidden} x {args.layers}, LoRA r 8, batch 16, K 3, rho 0.7, "
+    items = "item tokens, scoring answer" if args.item_tokens else "titles, scoring packed"
+    print(f"NAPO step cost: Qwen2 {args.hidden} x {args.layers}, LoRA r 8, batch 16, K 3, rho 0.7, {items}, "
           f"prompt {prompt_len:.0f} tokens, title {title_len:.1f} tokens (with EOS), median of {args.repeats}, "
           f"{torch.get_num_threads()} threads")
     print("| mode | negatives per row | s/step | / NAPO reuse | / DPO (K=1) |")

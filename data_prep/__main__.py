@@ -41,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--item-placeholders", action="store_true",
                    help="title prompts with LLaRA's placeholders: [HistoryEmb] after each history title, "
                         "[CansEmb] after each candidate (hybrid models put the item's projected aux vector there)")
+    p.add_argument("--prompt-style", default="candidates",
+                   help="candidates: the prompt lists the candidates (the papers'); history: the history "
+                        "only (data_prep/templates/history/), for full-catalogue ranking; the candidate "
+                        "lists are drawn identically either way")
     p.add_argument("--storage", default="ids",
                    help="ids (store ids; prompt/chosen/rejected rendered on load, a tenth of the disk) | text")
     p.add_argument("--protocol", default="sequential",

@@ -82,6 +82,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.item_placeholders and args.item_format != "title":
         raise DataPrepError("--item-placeholders goes after titles (--item-format title); item tokens take the "
                             "auxiliary vectors directly (napo-sft --item_embeddings aux)")
+    args.prompt_style = getattr(args, "prompt_style", "candidates")
+    if args.prompt_style not in prompts.PROMPT_STYLES:
+        raise DataPrepError(f"unknown --prompt-style '{args.prompt_style}'; choose candidates or history")
 
 
 def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, Examples], np.ndarray, dict]:
@@ -162,7 +165,7 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
             f"{args.dataset}: only {len(items)} items but --num-candidates {args.num_candidates}; "
             "lower --num-candidates or use a larger catalogue"
         )
-    tmpl = prompts.load_templates(src.domain, args.template)
+    tmpl = prompts.load_templates(src.domain, args.template, args.prompt_style)
     lap("load")
     split_ex, counts, info = make_examples(src, args)
     split_info = {}
@@ -246,6 +249,10 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: 
     # Left out when off, so a directory prepared before the option existed keeps its fingerprint.
     if not recorded.get("item_placeholders"):
         recorded.pop("item_placeholders", None)
+    # The default prompt style is left out, so a directory prepared before the option existed
+    # keeps its fingerprint (and the auxiliary outputs made for it stay valid).
+    if recorded.get("prompt_style") == "candidates":
+        del recorded["prompt_style"]
     meta = {
         "format_version": FORMAT_VERSION,
         "dataset": args.dataset,
@@ -253,6 +260,7 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: 
         "num_candidates": args.num_candidates,
         "item_format": args.item_format,
         **({"item_placeholders": True} if recorded.get("item_placeholders") else {}),
+        **({"prompt_style": args.prompt_style} if "prompt_style" in recorded else {}),
         "storage": args.storage,
         "columns": list(COLUMNS),
         "args": recorded,

@@ -44,6 +44,12 @@ class PreparedDataError(UserError):
     """A missing or mismatched prepared dataset directory (one-line message)."""
 
 
+def prompt_style(meta: dict) -> str:
+    """`candidates` (the prompt lists the candidates) or `history` (history only); see
+    data_prep/prompts.py. Directories without the key were prepared with candidate lists."""
+    return meta.get("prompt_style", "candidates")
+
+
 def train_counts(items: pd.DataFrame) -> np.ndarray:
     """int64 [max item id + 1] training interaction counts, indexed by item id (0 where absent)."""
     ids = np.asarray(items["item_id"], dtype=np.int64)

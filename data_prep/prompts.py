@@ -4,6 +4,12 @@ A template file (`data_prep/templates/<domain>.txt`, or the user's `--template F
 one or more paraphrases separated by a line holding only `---`; lines starting with `#` are
 comments. Placeholders: `{history}`, `{candidates}` (both required) and `{num_candidates}`.
 Each row's paraphrase is drawn with `numpy.random.default_rng([seed, split_index])`.
+
+Prompt styles (`--prompt-style`): `candidates` (the papers' prompt, listing the candidates) or
+`history` (`data_prep/templates/history/<domain>.txt`: `{history}` only, no candidate list and no
+count). A history-only prompt is the same whatever items are ranked after it, so one prompt serves
+training, the 20-candidate protocol and full-catalogue ranking. The candidate lists themselves are
+drawn identically in both styles.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from data_prep.errors import DataPrepError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 ITEM_FORMATS = ("title", "token")
+PROMPT_STYLES = ("candidates", "history")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_ALLOWED = {"history", "candidates", "num_candidates"}
+# placeholders allowed, and required, per prompt style
+_ALLOWED = {"candidates": {"history", "candidates", "num_candidates"}, "history": {"history"}}
+_REQUIRED = {"candidates": ("history", "candidates"), "history": ("history",)}
 
 
 def item_token(item_id: int) -> str:
@@ -54,8 +63,16 @@ class Templates:
     texts: list[str]
 
 
-def load_templates(domain: str, template_file: str | None = None) -> Templates:
-    path = Path(template_file) if template_file else TEMPLATE_DIR / f"{domain}.txt"
+def template_path(domain: str, style: str = "candidates") -> Path:
+    """The shipped template file of a domain and prompt style."""
+    return TEMPLATE_DIR / ("history" if style == "history" else "") / f"{domain}.txt"
+
+
+def load_templates(domain: str, template_file: str | None = None, style: str = "candidates") -> Templates:
+    """The paraphrases of `domain` (or of `template_file`) for prompt style `style`."""
+    if style not in PROMPT_STYLES:
+        raise DataPrepError(f"unknown --prompt-style '{style}'; choose candidates or history")
+    path = Path(template_file) if template_file else template_path(domain, style)
     if not path.is_file():
         if template_file:
             raise DataPrepError(f"{path}: file not found; check --template")
@@ -72,30 +89,42 @@ def load_templates(domain: str, template_file: str | None = None) -> Templates:
         if line.strip() == "---":
             body = "\n".join(current).strip()
             if body:
-                _check(body, path, start_line)
+                _check(body, path, start_line, style)
                 texts.append(body)
             current, start_line = [], no + 1
         elif not line.lstrip().startswith("#"):
             current.append(line)
     if not texts:
-        raise DataPrepError(f"{path}: no template found; write at least one with {{history}} and {{candidates}}")
+        need = " and ".join("{" + n + "}" for n in _REQUIRED[style])
+        raise DataPrepError(f"{path}: no template found; write at least one with {need}")
     shown = str(path.relative_to(TEMPLATE_DIR.parent.parent)) if path.is_relative_to(TEMPLATE_DIR.parent.parent) else str(path)
     return Templates(shown, hashlib.sha256(data).hexdigest(), texts)
 
 
-def _check(body: str, path: Path, line: int) -> None:
+def _check(body: str, path: Path, line: int, style: str = "candidates") -> None:
     names = set(_PLACEHOLDER.findall(body))
-    unknown = names - _ALLOWED
+    unknown = names - _ALLOWED[style]
     if unknown:
+        if style == "history" and unknown <= _ALLOWED["candidates"]:
+            raise DataPrepError(
+                f"{path}, template starting at line {line}: {{{sorted(unknown)[0]}}} in a history-only "
+                "template (--prompt-style history lists no candidates); remove it or use --prompt-style candidates"
+            )
+        allowed = ", ".join("{" + n + "}" for n in sorted(_ALLOWED[style], key=["history", "candidates", "num_candidates"].index))
         raise DataPrepError(
             f"{path}, template starting at line {line}: unknown placeholder {{{sorted(unknown)[0]}}}; "
-            "use {history}, {candidates}, {num_candidates}"
+            f"use {allowed}"
         )
-    for need in ("history", "candidates"):
+    for need in _REQUIRED[style]:
         if need not in names:
             raise DataPrepError(f"{path}, template starting at line {line}: missing {{{need}}}")
         if body.count("{" + need + "}") > 1:
             raise DataPrepError(f"{path}, template starting at line {line}: {{{need}}} appears twice; use it once")
+
+
+def is_history_only(template: str) -> bool:
+    """Whether a template text is of `--prompt-style history` (no candidate slot)."""
+    return "{candidates}" not in template
 
 
 def _parts(text: str, num_candidates: int) -> tuple[str, str, str, str, str]:
@@ -125,8 +154,17 @@ def render(templates: list[str], choice: np.ndarray, history: pa.Array, candidat
     """Prompt per row: template `choice[i]` with row i's history and candidate strings.
 
     Each template is literal + slot + literal + slot + literal, so all rows render in one
-    vectorized join with per-row literals (taken from the templates by `choice`).
+    vectorized join with per-row literals (taken from the templates by `choice`). History-only
+    templates (all of them, or none: one prompt style per file) are literal + history + literal,
+    and `candidates` is not read.
     """
+    if all(is_history_only(t) for t in templates):
+        idx = pa.array(np.asarray(choice, dtype=np.int64))
+        before, after = zip(*(t.split("{history}") for t in templates), strict=True)
+        lit = [pa.array(list(side), pa.string()).take(idx) for side in (before, after)]
+        return pc.binary_join_element_wise(lit[0], history, lit[1], "")
+    if any(is_history_only(t) for t in templates):
+        raise DataPrepError("templates mix history-only and candidate-list prompts; use one prompt style per file")
     parts = [_parts(t, num_candidates) for t in templates]
     idx = pa.array(np.asarray(choice, dtype=np.int64))
     lit = [pa.array([p[j] for p in parts], pa.string()).take(idx) for j in (0, 2, 4)]

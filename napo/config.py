@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from trl import DPOConfig
+from trl import DPOConfig, SFTConfig
 
 from data_prep.errors import UserError
 
@@ -81,8 +81,10 @@ class NAPOConfig(DPOConfig):
         default="packed",
         metadata={
             "help": "'packed': prompt encoded once, all completions attend to it in one row; "
-            "'naive': one padded row per (prompt, completion). Both give the same log-probs.",
-            "choices": ["packed", "naive"],
+            "'naive': one padded row per (prompt, completion). Both give the same log-probs. "
+            "'answer' (item-token data): one forward of the prompt, each completion scored by its item "
+            "token at the answer position (EOS not scored), so every negative, borrowed ones too, is free.",
+            "choices": ["packed", "naive", "answer"],
         },
     )
     max_prompt_length: int | None = field(
@@ -362,3 +364,23 @@ class DatasetArguments:
     def source(self) -> str:
         """The dataset as the user named it (for messages and model cards)."""
         return self.dataset_dir or self.dataset_name
+
+
+@dataclass
+class RecSFTConfig(SFTConfig):
+    """TRL's SFTConfig plus the recommender's SFT objective (`napo-sft`)."""
+
+    item_softmax: bool = field(
+        default=False,
+        metadata={
+            "help": "Item-token data: train the cross-entropy of the target item over the item-token rows of "
+            "the LM head only, at the answer position (SASRec's full softmax over the catalogue), instead of "
+            "the next-token loss over the whole vocabulary on the item token and EOS."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.item_softmax and (self.packing or self.padding_free):
+            raise NAPOConfigError("item_softmax reads each example's answer position from its own padded row: "
+                                  "set packing false and padding_free false")

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from trl import SFTTrainer
 from trl.trainer import utils as trl_utils
 
@@ -270,6 +271,8 @@ class RecSFTTrainer(RunCardMixin, SFTTrainer):
                                    *(c for c in self.extra_columns if c not in self._signature_columns)]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if getattr(self.args, "item_softmax", False):
+            return self._item_softmax_loss(model, inputs, return_outputs, num_items_in_batch)
         if "position_items" in inputs:  # a hybrid batch of LLaRA's placeholder prompts
             from napo.hybrid.placeholders import embed
 
@@ -280,6 +283,42 @@ class RecSFTTrainer(RunCardMixin, SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with compact_fused_head():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _item_softmax_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """`item_softmax`: -log softmax over the item-token rows of the target item, at the answer
+        position (the last prompt token; `napo.scoring.answer_logps` on the prompts alone, since
+        the completion tokens are not needed). Normalised like TRL's token loss: each example
+        weighs its number of label tokens over ``num_items_in_batch`` (all item-token examples
+        have two, item + EOS, so this is the mean over the accumulated batch), or the batch mean."""
+        from napo.item_tokens import item_softmax_loss, vocabulary_item_rows
+        from napo.scoring import answer_logps, left_padded_prompts
+
+        mode = "train" if self.model.training else "eval"
+        if getattr(self, "_item_rows", None) is None:
+            self._item_rows = vocabulary_item_rows(self.processing_class)[1]
+        labels = inputs["labels"]
+        keep = labels != -100  # [B, T]
+        rows = keep.any(1)  # an example truncated to its prompt has nothing to learn
+        first = keep.int().argmax(1)  # the first completion token
+        prompts = [ids[:f].tolist() for ids, f, r in zip(inputs["input_ids"], first.tolist(), rows.tolist(),
+                                                            strict=True) if r]
+        batch = left_padded_prompts(prompts, self.processing_class.pad_token_id)
+        logps = answer_logps(model, batch)  # [b, V]
+        targets = labels[rows, first[rows]]  # [b] the item token
+        losses = item_softmax_loss(logps, targets, self._item_rows)  # [b]
+        if num_items_in_batch is not None:
+            loss = (losses * keep[rows].sum(1)).sum() / torch.as_tensor(num_items_in_batch).clamp(min=1)
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = losses.mean() if len(losses) else logps.sum() * 0.0
+        with torch.no_grad():
+            item_logits = logps[:, self._item_rows.to(logps.device)]
+            hit = (self._item_rows.to(logps.device)[item_logits.argmax(1)] == targets).float()
+        hits = self.accelerator.gather_for_metrics(hit.sum()).sum()
+        count = self.accelerator.gather_for_metrics(torch.tensor(float(len(hit)), device=hit.device)).sum()
+        self._metrics[mode]["item_accuracy"].append((hits / count.clamp(min=1)).item())
+        return (loss, {"logits": logps}) if return_outputs else loss
 
 
 def push_folder(folder: str | Path, repo_id: str, *, repo_type: str = "model", private: bool | None = None,

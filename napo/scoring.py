@@ -18,6 +18,14 @@ Two layouts give the same numbers (tested to 1e-4 in fp32):
   completion is predicted from the last prompt position. The prompt is encoded once, so K
   negatives cost about (K+1)L extra tokens instead of (K+1)(P+L).
 
+A third layout, ``answer``, is for item-token data (every completion is one item token, then
+EOS): one left-padded row per prompt and no completion tokens at all; completion m is scored by
+log p(c_m[0] | prompt), the next-token log-softmax at the answer position (the last prompt token)
+read at the completion's token. The closing EOS is not scored, so these numbers are the packed
+ones minus log p(EOS | prompt, item). Any number of completions, any item of the vocabulary,
+costs one forward of the prompt: NAPO's borrowed negatives and the whole catalogue are free
+(:func:`answer_logps` gives the full [B, V] row).
+
 transformers (5.x) passes a 4D mask through unchanged (``masking_utils._preprocess_mask_arguments``)
 and ``eager`` / ``sdpa`` add no causal part of their own, so the mask must be additive float
 (0 = allowed, finfo(dtype).min = blocked): a bool mask would be *added* as 0/1 under ``eager``.
@@ -36,11 +44,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Sequence
 
 import torch
 
-LAYOUTS = ("packed", "naive")
+LAYOUTS = ("packed", "naive", "answer")
 _PACKED_ATTENTION = ("eager", "sdpa", "flex_attention")
 
 
@@ -55,6 +64,22 @@ def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+_ADDED_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _added_tokens(tokenizer, backend) -> tuple[dict, set[str]]:
+    """({content: (id, AddedToken)}, every proper suffix of a content) of the tokenizer's added
+    tokens, kept per tokenizer while its vocabulary size stays the same (thousands of item tokens
+    make this a few milliseconds, paid once instead of at every training step)."""
+    size = len(tokenizer)
+    cached = _ADDED_TOKENS.get(tokenizer)
+    if cached is None or cached[0] != size:
+        added = {tok.content: (idx, tok) for idx, tok in backend.get_added_tokens_decoder().items()}
+        cached = (size, added, {content[i:] for content in added for i in range(1, len(content))})
+        _ADDED_TOKENS[tokenizer] = cached
+    return cached[1], cached[2]
 
 
 def _appended_token_ids(tokenizer, completions: set[str]) -> tuple[dict[str, int], int]:
@@ -77,8 +102,7 @@ def _appended_token_ids(tokenizer, completions: set[str]) -> tuple[dict[str, int
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not getattr(tokenizer, "is_fast", False) or not completions:
         return {}, 0
-    added = {tok.content: (idx, tok) for idx, tok in backend.get_added_tokens_decoder().items()}
-    suffixes = {content[i:] for content in added for i in range(1, len(content))}
+    added, suffixes = _added_tokens(tokenizer, backend)
     appendable = {}
     for text in completions:
         idx, tok = added.get(text, (None, None))
@@ -345,14 +369,59 @@ def collate_packed(examples: Sequence[dict], pad_token_id: int, dtype: torch.dty
     return batch
 
 
+def left_padded_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> dict:
+    """input_ids, attention_mask and position_ids [n, T] of prompts aligned to the right, so
+    that every row's last token (its answer position) is column T - 1; positions count real
+    tokens only (0 on padding), as for the unpadded prompt."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attention_mask[i, width - len(p):] = 1
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+def collate_answer(examples: Sequence[dict], pad_token_id: int) -> dict:
+    """One left-padded row per prompt, no completion tokens (item-token data; module docstring).
+
+    Every completion must be one token, or one token followed by one closing token that is the
+    same for every completion of the batch (EOS), which is not scored. Returns
+    ``layout="answer"``, ``input_ids`` / ``attention_mask`` / ``position_ids`` [B, T] (see
+    :func:`left_padded_prompts`), ``answer_token`` [B, M] (the scored token of each completion,
+    ``pad_token_id`` on missing slots) and ``completion_mask`` [B, M].
+    """
+    num_slots = _check_examples(examples, pad_token_id)
+    closing = {tuple(c[1:]) for ex in examples for c in ex["completion_ids"]}
+    if any(len(c) > 1 for c in closing) or len(closing) > 1:
+        longest = max((c for ex in examples for c in ex["completion_ids"]), key=len)
+        raise ValueError(
+            f"scoring 'answer' scores a completion by its first token, so every completion must be one "
+            f"item token (plus the same closing EOS); got a completion of {len(longest)} tokens: use "
+            "item-token data (data_prep --item-format token, a tokenizer with item tokens) or scoring packed"
+        )
+    batch = {"layout": "answer", **left_padded_prompts([ex["prompt_ids"] for ex in examples], pad_token_id)}
+    tokens = torch.full((len(examples), num_slots), pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros(len(examples), num_slots, dtype=torch.bool)
+    for b, ex in enumerate(examples):
+        first = [c[0] for c in ex["completion_ids"]]
+        tokens[b, : len(first)] = torch.tensor(first, dtype=torch.long)
+        completion_mask[b, : len(first)] = True
+    batch.update(answer_token=tokens, completion_mask=completion_mask)
+    return batch
+
+
 def collate_listwise(examples: Sequence[dict], pad_token_id: int, layout: str = "packed",
                      dtype: torch.dtype = torch.float32) -> dict:
-    """The collate function selected by the config flag ``scoring: packed | naive``."""
+    """The collate function selected by the config flag ``scoring: packed | naive | answer``."""
     if layout == "packed":
         return collate_packed(examples, pad_token_id, dtype=dtype)
     if layout == "naive":
         return collate_naive(examples, pad_token_id)
-    raise ValueError(f"scoring layout {layout!r} is not one of {LAYOUTS}; set scoring: packed or naive")
+    if layout == "answer":
+        return collate_answer(examples, pad_token_id)
+    raise ValueError(f"scoring layout {layout!r} is not one of {LAYOUTS}; set scoring: packed, naive or answer")
 
 
 # --------------------------------------------------------------------------- scoring
@@ -390,6 +459,21 @@ def _keeps_selected_logits(model_cls: type) -> bool:
         return False
 
 
+def answer_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Next-token log-probs at each row's answer position: [B, V] float32.
+
+    batch: ``input_ids``, ``attention_mask``, ``position_ids`` [B, T] of left-padded prompts
+    (:func:`left_padded_prompts`; the answer position is the last column). Only that position
+    goes through the lm_head (``logits_to_keep=1``, accepted by every transformers causal LM);
+    the log-softmax over the whole vocabulary is taken in float32.
+    """
+    inner = _unwrap(model)
+    device = inner.get_input_embeddings().weight.device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]  # [B, V]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of every completion under ``model``.
@@ -401,7 +485,8 @@ def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: b
         batch: the output of :func:`collate_listwise` (tensors may already be on the device);
             with ``position_items`` [R, T] (LLaRA's placeholders, ``napo.hybrid.placeholders``) the
             model gets ``inputs_embeds`` with the projected item vectors at those positions.
-        length_normalize: average instead of sum over each completion's tokens.
+        length_normalize: average instead of sum over each completion's tokens (no effect with
+            the ``answer`` layout, which scores one token per completion).
 
     Returns:
         logps [B, M] float32: sum (or mean) over the completion's tokens of log p(token | prefix),
@@ -411,6 +496,10 @@ def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: b
     inner = _unwrap(model)
     device = inner.get_input_embeddings().weight.device
     layout = batch["layout"]
+    if layout == "answer":  # one forward of the prompts; each completion = its first token's log-prob
+        mask = batch["completion_mask"].to(device)
+        logps = answer_logps(model, batch).gather(1, batch["answer_token"].to(device))  # [B, M]
+        return torch.where(mask, logps, 0.0), mask.long()
     inputs = {"input_ids": batch["input_ids"].to(device)}
     if layout == "packed":
         attn = getattr(inner.config, "_attn_implementation", None)
@@ -493,10 +582,19 @@ def borrowed_completions(
         examples: per row ``{"prompt_ids", "completion_ids", "prompt", "titles"}``: the row's
             tokens as collated, its prompt text and the titles of its completions (same order).
         borrowed_titles: per row, the titles to add, in pool order.
+    Item tokens need none of this: when every title is an added token appended verbatim
+    (:func:`_appended_token_ids`, no closing specials), a borrowed item's ids are its token + EOS
+    whatever the prompt, exactly what the row's own candidates got.
+
     Returns:
         (examples, possibly re-tokenized rows; per row, the borrowed completions' token ids).
     """
     eos = tokenizer.eos_token_id
+    every = {t for ex in examples for t in ex["titles"]} | {t for b in borrowed_titles for t in b}
+    appendable, closing = _appended_token_ids(tokenizer, every)
+    if closing == 0 and every and len(appendable) == len(every):
+        cut = (lambda ids: ids[:max_completion_length]) if max_completion_length is not None else (lambda ids: ids)
+        return list(examples), [[cut([appendable[t], eos]) for t in b] for b in borrowed_titles]
     texts: list[str] = []
     for ex, borrowed in zip(examples, borrowed_titles, strict=True):
         tail = ex["prompt"][-tail_chars:]

@@ -483,3 +483,65 @@ def test_splice_refuses_what_the_tokenizer_could_merge(bpe_tokenizer, tiny_item_
     assert _appended_token_ids(tok2, {"<item_3>"})[1] == 1
     prompts, comps = ["watched <item_1> then", "hi "], [["<item_3>", "<item_4>"], ["<item_5>"]]
     assert tokenize_listwise(tok2, prompts, comps) == _brute_force_listwise(tok2, prompts, comps)
+
+
+def _item_examples(num_examples: int, seed: int, eos: int):
+    """Random prompts whose completions are one token then `eos` (item-token data), some shorter."""
+    rng = random.Random(seed)
+    examples = []
+    for b in range(num_examples):
+        prompt = [rng.randrange(4, VOCAB) for _ in range(rng.randint(3, 17))]
+        comps = [[rng.randrange(4, VOCAB), eos] for _ in range(5 - 2 * (b % 2))]
+        examples.append({"prompt_ids": prompt, "completion_ids": comps})
+    return examples
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_answer_layout_scores_the_first_token_at_the_answer_position(arch):
+    """answer == log p(c[0] | prompt) by brute force == packed minus the EOS term; missing slots
+    are 0 and masked; gradients flow; a longer completion is refused."""
+    model = tiny_model(arch)
+    eos = 3
+    examples = _item_examples(4, seed=2, eos=eos)
+    batch = collate_listwise(examples, PAD, "answer")
+    logps, num_tokens = completion_logps(model, batch)
+    first = [{"prompt_ids": ex["prompt_ids"], "completion_ids": [c[:1] for c in ex["completion_ids"]]}
+             for ex in examples]
+    brute = brute_force_logps(model, first, 5)
+    torch.testing.assert_close(logps, brute, atol=1e-5, rtol=0)
+    assert num_tokens.tolist() == [[1] * 5, [1, 1, 1, 0, 0], [1] * 5, [1, 1, 1, 0, 0]]
+    packed, _ = completion_logps(model, collate_listwise(examples, PAD, "packed"))
+    eos_term = brute_force_logps(model, examples, 5) - brute
+    torch.testing.assert_close(logps, packed - eos_term, atol=1e-4, rtol=0)
+    model.train()
+    logps, _ = completion_logps(model, batch)
+    logps.sum().backward()
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="every completion must be one item token"):
+        collate_listwise([{"prompt_ids": [5, 6], "completion_ids": [[7, 8, eos]]}], PAD, "answer")
+
+
+def test_borrowed_item_tokens_are_their_token_and_eos(tiny_item_tokens):
+    """The item-token shortcut of borrowed_completions gives what tokenize_listwise gives with
+    the borrowed items among the row's own completions."""
+    from transformers import AutoTokenizer
+
+    from data_prep.prepared import load_prepared
+    from data_prep.prompts import item_token
+    from napo.scoring import borrowed_completions
+
+    data_dir, model_dir = tiny_item_tokens
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    split = load_prepared(data_dir)[0]["train"].select(range(4))
+    owns = [[c, *r[:2]] for c, r in zip(split["chosen"], split["rejected"], strict=True)]
+    borrowed = [[item_token(i) for i in range(b, 40, 7)] for b in range(4)]
+    for limit in (None, 1):
+        rows = tokenize_listwise(tok, list(split["prompt"]), owns, max_completion_length=limit)
+        examples = [{**r, "prompt": p, "titles": own} for r, p, own in zip(rows, split["prompt"], owns, strict=True)]
+        new_rows, got = borrowed_completions(tok, examples, borrowed, max_completion_length=limit)
+        want = tokenize_listwise(tok, list(split["prompt"]), [o + b for o, b in zip(owns, borrowed, strict=True)],
+                                 max_completion_length=limit)
+        for new, g, w, own in zip(new_rows, got, want, owns, strict=True):
+            assert new["prompt_ids"] == w["prompt_ids"]
+            assert new["completion_ids"] == w["completion_ids"][: len(own)]
+            assert g == w["completion_ids"][len(own):]

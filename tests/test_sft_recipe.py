@@ -175,3 +175,60 @@ def test_compact_head_gives_the_stock_loss_metrics_and_update(tiny, tmp_path):
         torch.testing.assert_close(fast[3][name], value, rtol=0, atol=1e-6, msg=name)
         moved = max(moved, (value - initial[name]).abs().max().item())
     assert moved > 1e-3  # the step did update the weights (so the comparison is not vacuous)
+
+
+def test_item_softmax_is_the_cross_entropy_over_item_rows(tiny, tmp_path):
+    """item_softmax: the loss is -log softmax over the item-token rows (brute force: a plain
+    forward of prompt + item, its logits at the last prompt position); one SGD step leaves the
+    LM-head row of EOS (in no prompt; the embeddings are tied) untouched, which the
+    default next-token loss (it trains EOS) does not; with 2 accumulation steps the loss is the
+    mean over the whole accumulated batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_prep.prepared import load_prepared
+    from napo.config import RecSFTConfig
+    from napo.data import to_prompt_completion
+    from napo.hub import RecSFTTrainer
+
+    data, model_dir, _ = tiny
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = to_prompt_completion(load_prepared(data)[0]["train"], 8)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    item_ids = torch.tensor(sorted(i for t, i in tok.get_vocab().items() if t.startswith("<item_")))
+    expected = []
+    with torch.no_grad():
+        for row in rows:
+            ids = tok(row["prompt"] + row["completion"])["input_ids"]
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -2].double()
+            expected.append(-torch.log_softmax(logits[item_ids], 0)[(item_ids == ids[-1]).nonzero()[0, 0]].item())
+
+    def one_step(item_softmax, accumulation=1):
+        losses = []
+
+        class Recording(RecSFTTrainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                losses.append(loss.item())
+                return loss
+
+        args = RecSFTConfig(output_dir=str(tmp_path / f"{item_softmax}{accumulation}"), item_softmax=item_softmax,
+                            per_device_train_batch_size=8 // accumulation, gradient_accumulation_steps=accumulation,
+                            max_steps=1, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
+                            warmup_steps=0, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                            logging_steps=1, disable_tqdm=True, seed=0, dataloader_pin_memory=False)
+        trainer = Recording(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, processing_class=tok,
+                            train_dataset=rows)
+        trainer.train()
+        return losses, trainer.model.get_output_embeddings().weight.detach().clone(), trainer
+
+    losses, head, trainer = one_step(True)
+    assert losses[0] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    initial = AutoModelForCausalLM.from_pretrained(model_dir).get_output_embeddings().weight
+    torch.testing.assert_close(head[tok.eos_token_id], initial[tok.eos_token_id], rtol=0, atol=0)
+    assert (head[item_ids] - initial[item_ids]).abs().max() > 1e-4
+    assert "item_accuracy" in next(h for h in trainer.state.log_history if "loss" in h)
+    _, stock_head, _ = one_step(False)
+    assert (stock_head[tok.eos_token_id] - initial[tok.eos_token_id]).abs().max() > 1e-4
+    accumulated, accumulated_head, _ = one_step(True, accumulation=2)
+    assert sum(accumulated) == pytest.approx(sum(expected) / len(expected), abs=1e-5)  # halves of one mean
+    torch.testing.assert_close(accumulated_head, head, rtol=0, atol=1e-5)

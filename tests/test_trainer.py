@@ -123,8 +123,9 @@ def hand_loss(trainer, rows, batch, gamma=None):
 
     def score(b, item, reference):
         context = model.disable_adapter() if reference else contextlib.nullcontext()
+        tokens = completions[item][:1] if args.scoring == "answer" else completions[item]  # answer: no EOS term
         with context, torch.no_grad():
-            return float(brute_logps(model, rows[b]["prompt_ids"], completions[item]))
+            return float(brute_logps(model, rows[b]["prompt_ids"], tokens))
 
     n = len(rows)
     user = torch.tensor([row["aux_user_vector"] for row in rows], dtype=torch.float64)
@@ -160,6 +161,9 @@ def hand_loss(trainer, rows, batch, gamma=None):
     dict(loss_type="napo", share_mode="reuse"),
     dict(loss_type="napo", share_mode="rescore", scoring="naive"),
     dict(loss_type="sdpo", share_negatives=True, aux_dir="a", gamma0=0.5, margin_alpha=0.0),
+    dict(loss_type="napo", scoring="answer"),
+    dict(loss_type="napo", share_mode="reuse", scoring="answer"),
+    dict(loss_type="sdpo", scoring="answer"),
 ])
 def test_loss_equals_hand_assembled(tmp_path, tiny, overrides):
     # a random (non-zero) LoRA so that policy and reference differ

@@ -19,7 +19,7 @@ from transformers import GenerationConfig
 
 from napo.eval.rows import candidate_completions
 from napo.hybrid.placeholders import embed, placeholder_ids, position_items, uses_placeholders
-from napo.scoring import tokenize_listwise
+from napo.scoring import left_padded_prompts, tokenize_listwise
 
 
 def greedy_config(tokenizer, max_new_tokens: int = 20) -> GenerationConfig:
@@ -52,7 +52,7 @@ def _generating_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def _use_generation_config(model: torch.nn.Module, config: GenerationConfig):
+def use_generation_config(model: torch.nn.Module, config: GenerationConfig):
     inner = _generating_model(model)
     saved = getattr(inner, "generation_config", None)
     inner.generation_config = config
@@ -64,14 +64,8 @@ def _use_generation_config(model: torch.nn.Module, config: GenerationConfig):
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids [n, T] and attention_mask [n, T] with every sequence aligned to the right."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if len(s):
-            input_ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            attention_mask[i, width - len(s):] = 1
-    return input_ids, attention_mask
+    padded = left_padded_prompts(sequences, pad_token_id)
+    return padded["input_ids"], padded["attention_mask"]
 
 
 class GreedyGenerator:
@@ -116,7 +110,7 @@ class GreedyGenerator:
             rows = [{"history": h, "candidates": c} for h, c in zip(batch["history"], batch["candidates"], strict=True)]
             items = position_items(input_ids, rows, self.placeholder_ids)
             extra["inputs_embeds"] = embed(self.model, input_ids.to(device), items.to(device))
-        with _use_generation_config(self.model, self.generation_config):
+        with use_generation_config(self.model, self.generation_config):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),

@@ -24,6 +24,7 @@ import numpy as np
 HEAD, MID, TAIL = 0, 1, 2
 BAND_NAMES = ("head", "mid", "tail")
 DEFAULT_KS = (1, 5, 10, 20)
+FULL_KS = (1, 5, 10, 20, 50)  # full-catalogue ranking (`full/...` keys), recommenders and LLMs alike
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -147,6 +148,23 @@ def full_ranks(scores: Any, targets: Any, exclude: Any = None) -> np.ndarray:
         keep[np.arange(n), t] = True
         ahead &= keep
     return ahead.sum(axis=1).astype(np.int64)
+
+
+def top_items(scores: Any, r: int, exclude: Any = None) -> np.ndarray:
+    """Item ids of the `r` best scores of each row, best first: scores [N, num_items] -> [N, r].
+
+    exclude: as in `full_ranks` (history lists or a bool mask); excluded items are never listed.
+    Ties keep the order of np.argsort (stable) after np.argpartition, as the recommenders do.
+    """
+    s = np.array(_check_scores(_to_numpy(scores)), dtype=np.float64)
+    n, num_items = s.shape
+    mask = _exclusion_mask(exclude, n, num_items)
+    if mask is not None:
+        s[mask] = -np.inf
+    r = min(r, num_items)
+    top = np.argpartition(-s, r - 1, axis=1)[:, :r]
+    order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1)
 
 
 def full_ranking_metrics(

@@ -2,9 +2,11 @@
 
 metrics.json layout (one object):
     name, model, dataset, dataset_fingerprint, split, num_examples, num_candidates, modes, scorer,
-    "rank":     {hr@k, ndcg@k, mrr, pop/...}                          (when rank was run)
-    "generate": {hr@1, hr@1_valid, valid_ratio, num_*, pop/...}       (when generate was run)
-    "agreement": {num_valid, top1_agree, top1_agree_ratio}             (when both were run)
+    "rank":     {hr@k, ndcg@k, mrr, pop/...}                          (rank over the candidates)
+    "full":     {hr@k, ndcg@k, mrr, pop/...}, "full_settings": {...}  (rank over the catalogue)
+    "generate": {hr@1, hr@1_valid, valid_ratio, num_*, pop/...}       (free decoding)
+    "generate/candidates", "generate/catalogue": the same keys         (constrained decoding)
+    "agreement": {num_valid, top1_agree, top1_agree_ratio}             (rank and free decoding)
 NaN (e.g. a band without targets) is written as null.
 """
 
@@ -141,6 +143,11 @@ def _pop_ks(section: dict) -> list[int]:
     return sorted({int(k.split("@")[1].split("/")[0]) for k in section if k.startswith("pop/hr@") and "/" in k[7:]})
 
 
+# generation sections of metrics.json (napo.eval.config.EvalArguments.generate_sections) -> how shown
+GENERATE_SECTIONS = {"generate": "free", "generate/candidates": "candidates trie",
+                     "generate/catalogue": "catalogue trie"}
+
+
 def render_report(metrics: dict, plots: Sequence[str] = ()) -> str:
     """report.md text of one evaluation run."""
     lines = [f"# Evaluation: {metrics.get('name', 'run')}", ""]
@@ -160,15 +167,32 @@ def render_report(metrics: dict, plots: Sequence[str] = ()) -> str:
         header = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
         lines += [markdown_table(header, [[rank.get(f"hr@{k}") for k in ks]
                                           + [rank.get(f"ndcg@{k}") for k in ks] + [rank.get("mrr")]]), ""]
-    gen = metrics.get("generate")
-    if gen:
-        lines += ["## Greedy generation and title matching (`generate`)", "",
-                  "HR@1 = hits / all examples (S-DPO, NAPO); HR@1 (valid) = hits / valid answers (LLaRA).", ""]
+    full = metrics.get("full")
+    if full:
+        settings = metrics.get("full_settings") or {}
+        ks = _ks(full)
+        lines += ["## Full-catalogue ranking (`full`)", "",
+                  f"Every one of the {_fmt(settings.get('num_items'))} catalogue items ranked for each row by "
+                  f"{settings.get('scorer', 'the scorer')}; history items "
+                  f"{'excluded (the target stays)' if settings.get('exclude_history') else 'ranked too'}; "
+                  f"pessimistic ties; the recommenders' `full/...` keys. Cost: "
+                  f"{_fmt((settings.get('seconds_per_row') or math.nan) * 1000, 1)} ms per row.", ""]
+        header = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
+        lines += [markdown_table(header, [[full.get(f"hr@{k}") for k in ks]
+                                          + [full.get(f"ndcg@{k}") for k in ks] + [full.get("mrr")]]), ""]
+    generated = [(name, metrics[name]) for name in GENERATE_SECTIONS if metrics.get(name)]
+    if generated:
+        lines += ["## Greedy generation (`generate`)", "",
+                  "Free decoding (the papers' protocol) is matched to the candidate titles; constrained decoding "
+                  "follows a trie of the allowed titles' tokens, so every answer names an item "
+                  "(`napo.eval.constrained`). HR@1 = hits / all examples (S-DPO, NAPO); HR@1 (valid) = hits / "
+                  "valid answers (LLaRA).", ""]
         lines += [markdown_table(
-            ["HR@1", "HR@1 (valid)", "ValidRatio", "hits", "valid", "exact", "contained", "ambiguous", "no match"],
-            [[gen.get("hr@1"), gen.get("hr@1_valid"), gen.get("valid_ratio"), gen.get("num_hits"),
-              gen.get("num_valid"), gen.get("num_exact"), gen.get("num_contained"),
-              gen.get("num_ambiguous"), gen.get("num_no_match")]]), ""]
+            ["decoding", "HR@1", "HR@1 (valid)", "ValidRatio", "hits", "valid", "exact", "contained", "ambiguous",
+             "no match"],
+            [[GENERATE_SECTIONS[name], sec.get("hr@1"), sec.get("hr@1_valid"), sec.get("valid_ratio"),
+              sec.get("num_hits"), sec.get("num_valid"), sec.get("num_exact"), sec.get("num_contained"),
+              sec.get("num_ambiguous"), sec.get("num_no_match")] for name, sec in generated]), ""]
         agreement = metrics.get("agreement")
         if agreement and agreement.get("num_valid"):
             lines += [f"Agreement with `rank`: {agreement['top1_agree']} of {agreement['num_valid']} valid answers "
@@ -178,7 +202,7 @@ def render_report(metrics: dict, plots: Sequence[str] = ()) -> str:
               "Bands by training interactions: head = most popular items holding the first third of "
               "interactions, mid the next third, tail the rest (and unseen items).", ""]
     header, rows = ["band", "share of targets"], []
-    sections = [(name, sec) for name, sec in (("rank", rank), ("generate", gen)) if sec]
+    sections = [(name, metrics[name]) for name in ("rank", "full", *GENERATE_SECTIONS) if metrics.get(name)]
     for name, sec in sections:
         header += [f"{name} HR@{k}" for k in _pop_ks(sec)]
     for band in BAND_NAMES:
@@ -246,7 +270,7 @@ def plot_band_hr(metrics: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     series = []
-    for name in ("rank", "generate"):
+    for name in ("rank", "full", *GENERATE_SECTIONS):
         sec = metrics.get(name) or {}
         for k in _pop_ks(sec):
             values = [sec.get(f"pop/hr@{k}/{b}") for b in BAND_NAMES]
@@ -278,7 +302,7 @@ def write_report(output_dir: str | os.PathLike, metrics: dict, predictions: Sequ
         plot_hr_curve([p["target_rank"] for p in predictions], int(metrics["num_candidates"]),
                       out / "plots" / "hr_at_k.png", gen_hr1)
         plots.append("plots/hr_at_k.png")
-    if metrics.get("rank") or metrics.get("generate"):
+    if any(metrics.get(name) for name in ("rank", "full", *GENERATE_SECTIONS)):
         plot_band_hr(metrics, out / "plots" / "hr_by_band.png")
         plots.append("plots/hr_by_band.png")
     path = out / "report.md"
@@ -298,6 +322,10 @@ COMPARE_COLUMNS = (
     ("gen HR@1", "generate", "hr@1"),
     ("ValidRatio", "generate", "valid_ratio"),
     ("gen HR@1 (valid)", "generate", "hr@1_valid"),
+    ("gen HR@1 (candidates trie)", "generate/candidates", "hr@1"),
+    ("gen HR@1 (catalogue trie)", "generate/catalogue", "hr@1"),
+    ("full HR@10", "full", "hr@10"),
+    ("full NDCG@10", "full", "ndcg@10"),
     ("HR@10 head", "rank", "pop/hr@10/head"),
     ("HR@10 mid", "rank", "pop/hr@10/mid"),
     ("HR@10 tail", "rank", "pop/hr@10/tail"),

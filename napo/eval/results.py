@@ -24,6 +24,7 @@ from napo.eval.matching import CONTAINED, EXACT, match_answer
 from napo.eval.metrics import (
     BAND_NAMES,
     DEFAULT_KS,
+    FULL_KS,
     gini,
     metrics_from_ranks,
     popularity_bands,
@@ -33,6 +34,7 @@ from napo.eval.metrics import (
 )
 
 POP_KS = (1, 10)
+TRIE = "trie"  # match rule of a constrained answer (its item ids come from the decoding trie)
 _EXPOSURE_KEYS = ("avg_popularity", "coverage", "gini", "tail_share")
 
 
@@ -59,23 +61,51 @@ def rank_results(
     return metrics, predictions
 
 
+def full_results(
+    ranks, top_items, targets, train_counts=None,
+    ks: Sequence[int] = FULL_KS, pop_ks: Sequence[int] = POP_KS,
+) -> dict[str, float]:
+    """The full-catalogue section (recommenders' `full/...` keys and the LLM's "full" section).
+
+    ranks [N] pessimistic 1-based ranks over the catalogue (`full_ranks`); top_items [N, R] item
+    ids best first (`top_items`, R >= max(pop_ks)); targets [N]; train_counts [num_items] or None.
+    Returns hr@k, ndcg@k, mrr and, with train_counts, the popularity report of the top lists.
+    """
+    out = metrics_from_ranks(ranks, ks)
+    if train_counts is not None:
+        out.update(popularity_report(top_items, targets, train_counts, pop_ks))
+    return out
+
+
 def generate_results(
     answers: Sequence[str], titles: Sequence[Sequence[str]], candidates, targets, train_counts,
     containment: str = "word",
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics and per-example predictions of generated answers.
 
-    answers [N] texts; titles [N][C] candidate texts (candidate order); candidates [N, C] item
-    ids; targets [N]; train_counts [num_items]; containment: "word" or "substring" (see
-    `napo.eval.matching`). Per example: `answer`, `matched` (item id or None), `match_rule`
-    ("exact", "contained" or None), `hit`.
+    answers [N]: texts, or ``{"answer": text, "item_ids": [ids]}`` from constrained decoding
+    (`napo.eval.constrained`: the items whose tokens the answer is; valid when exactly one, and
+    then not necessarily a candidate); titles [N][C] candidate texts (candidate order);
+    candidates [N, C] item ids; targets [N]; train_counts [num_items]; containment: "word" or
+    "substring" (see `napo.eval.matching`). Per example: `answer`, `matched` (item id or None),
+    `match_rule` ("exact", "contained", "trie" or None), `hit`.
     """
     n = len(answers)
     counts = np.asarray(train_counts, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64).reshape(-1)
     matched = np.full(n, -1, dtype=np.int64)
-    rules, ambiguous = [], 0
+    rules, ambiguous, texts = [], 0, []
     for i, (answer, row_titles) in enumerate(zip(answers, titles, strict=True)):
+        if isinstance(answer, dict):  # constrained decoding names its items: no text matching
+            ids = answer["item_ids"]
+            texts.append(answer["answer"])
+            rules.append(TRIE if len(ids) == 1 else None)
+            if len(ids) == 1:
+                matched[i] = int(ids[0])
+            elif len(ids) > 1:
+                ambiguous += 1  # items sharing one title's tokens
+            continue
+        texts.append(answer)
         m = match_answer(answer, row_titles, containment)
         rules.append(m.rule)
         if m.valid:
@@ -93,6 +123,7 @@ def generate_results(
         "num_hits": num_hits,
         "num_exact": sum(r == EXACT for r in rules),
         "num_contained": sum(r == CONTAINED for r in rules),
+        **({"num_trie": sum(r == TRIE for r in rules)} if TRIE in rules else {}),
         "num_ambiguous": ambiguous,
         "num_no_match": n - num_valid - ambiguous,
     }
@@ -118,7 +149,7 @@ def generate_results(
         for key in _EXPOSURE_KEYS:
             metrics[f"pop/{key}@1"] = float("nan")
     predictions = [
-        {"answer": answers[i], "matched": int(matched[i]) if valid[i] else None,
+        {"answer": texts[i], "matched": int(matched[i]) if valid[i] else None,
          "match_rule": rules[i], "hit": bool(hit[i])}
         for i in range(n)
     ]

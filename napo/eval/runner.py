@@ -14,8 +14,10 @@ one process and P processes give identical metrics.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.prepared import train_counts
+from data_prep.prepared import prompt_style, train_counts
 from napo.eval.config import EvalArguments, EvalError
-from napo.eval.metrics import DEFAULT_KS
+from napo.eval.metrics import DEFAULT_KS, FULL_KS, full_ranks, top_items
 from napo.eval.report import write_metrics, write_per_row, write_predictions, write_report
-from napo.eval.results import POP_KS, generate_results, mode_agreement, rank_results
+from napo.eval.results import POP_KS, full_results, generate_results, mode_agreement, rank_results
 from napo.eval.rows import batch_candidate_titles, target_indices
 
 _COLUMNS = ("user_id", "target", "candidates", "prompt", "chosen", "rejected")
@@ -72,6 +74,25 @@ def _run_batches(fn: Callable, rows, start: int, end: int, batch_size: int, desc
     return outputs
 
 
+def catalogue_batch(scorer: Callable, batch: dict, indices: Sequence[int], *, num_items: int,
+                    exclude_history: bool = False, top_r: int = max(POP_KS)) -> list[dict]:
+    """One batch of full-catalogue ranking: the scorer's [n, num_items] scores turned at once into
+    each row's pessimistic rank of the target (`full_ranks`) and its top items (`top_items`), with
+    the recommenders' exclusion rule (the row's history, when `exclude_history`)."""
+    scores = np.asarray(_numpy(scorer(batch, indices)), dtype=np.float64)
+    if scores.shape != (len(indices), num_items):
+        raise EvalError(f"catalogue scorer returned scores of shape {scores.shape}, expected "
+                        f"({len(indices)}, {num_items}): one column per item id of items.jsonl")
+    exclude = [list(h) for h in batch["history"]] if exclude_history else None
+    ranks = full_ranks(scores, batch["target"], exclude)
+    tops = top_items(scores, top_r, exclude)
+    return [{"full_rank": int(r), "full_top": t.tolist()} for r, t in zip(ranks, tops, strict=True)]
+
+
+def _numpy(x):
+    return x.detach().cpu().double().numpy() if hasattr(x, "detach") else x
+
+
 def evaluate_rows(
     rows,
     train_counts: Sequence[int],
@@ -79,6 +100,9 @@ def evaluate_rows(
     *,
     scorer: Callable | None = None,
     generator: Callable | None = None,
+    generators: dict[str, Callable] | None = None,
+    catalogue: Callable | None = None,
+    exclude_history: bool = False,
     batch_size: int = 8,
     ks: Sequence[int] = DEFAULT_KS,
     pop_ks: Sequence[int] = POP_KS,
@@ -86,23 +110,31 @@ def evaluate_rows(
     info: dict | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Evaluate prepared-dataset rows with a scorer (rank) and/or a generator (generate).
+    """Evaluate prepared-dataset rows with a scorer (rank), a catalogue scorer (full) and/or
+    generators (generate).
 
     Args:
         rows: a `datasets.Dataset` (or anything whose slice `rows[a:b]` is a dict of columns)
             with the contract columns. Rows are evaluated in order.
         train_counts: [num_items] training interaction counts (popularity bands).
-        output_dir: where the main process writes metrics.json, predictions.jsonl, report.md
-            and plots/ (None: write nothing).
-        scorer: `CandidateScorer` -> the "rank" section; generator: `AnswerGenerator` -> the
-            "generate" section. At least one.
+        output_dir: where the main process writes metrics.json, predictions.jsonl, per_row.json,
+            report.md and plots/ (None: write nothing).
+        scorer: `CandidateScorer` -> the "rank" section (the candidates).
+        catalogue: a catalogue scorer (`napo.eval.catalogue`: [n, num_items] scores) -> the "full"
+            section, with the recommenders' keys, ks (`FULL_KS`) and exclusion rule
+            (`exclude_history`: the row's history is not ranked, except the target).
+        generator: `AnswerGenerator` -> the "generate" section; generators: section name ->
+            generator (constrained decoding: "generate/candidates", "generate/catalogue").
+        At least one of them.
         containment: how answers are matched to titles, "word" or "substring" (the papers').
         info: extra top-level fields of metrics.json (name, dataset, split, scorer, ...).
     Returns:
         The metrics dict (same on every process).
     """
-    if scorer is None and generator is None:
-        raise EvalError("nothing to evaluate: give a scorer (rank), a generator (generate) or both")
+    generators = {**({"generate": generator} if generator is not None else {}), **(generators or {})}
+    if scorer is None and catalogue is None and not generators:
+        raise EvalError("nothing to evaluate: give a scorer (rank), a catalogue scorer (full), a generator "
+                        "(generate) or several")
     from accelerate.utils import gather_object
 
     state = process_state()
@@ -135,17 +167,41 @@ def evaluate_rows(
         for p, extra in zip(predictions, per_row, strict=True):
             p.update(extra)
 
-    if generator is not None:
-        local = _run_batches(generator, rows, start, end, batch_size, "generate", show)
+    if catalogue is not None:
+        clock = time.perf_counter()
+        local = _run_batches(functools.partial(catalogue_batch, catalogue, num_items=len(counts),
+                                               exclude_history=exclude_history, top_r=max(pop_ks)),
+                             rows, start, end, batch_size, "full", show)
+        seconds = time.perf_counter() - clock
+        outputs = gather_object(local) if state.num_processes > 1 else local
+        full_ranks_ = np.asarray([o["full_rank"] for o in outputs], dtype=np.int64)
+        metrics["full"] = full_results(full_ranks_, np.asarray([o["full_top"] for o in outputs]), targets,
+                                       counts, FULL_KS, pop_ks)
+        metrics["full_settings"] = {
+            "scorer": getattr(catalogue, "name", type(catalogue).__name__), "num_items": int(len(counts)),
+            "exclude_history": bool(exclude_history),
+            # wall time of this process's rows (scoring + ranking) per row; processes run in parallel
+            "seconds_per_row": seconds / max(end - start, 1),
+            **(catalogue.cost() if hasattr(catalogue, "cost") else {}),
+        }
+        metrics["modes"].append("full")
+        for p, o in zip(predictions, outputs, strict=True):
+            p.update(o)
+
+    for name, gen in generators.items():
+        local = _run_batches(gen, rows, start, end, batch_size, name, show)
         answers = gather_object(local) if state.num_processes > 1 else local
         section, per_row = generate_results(answers, batch_candidate_titles(everything), candidates,
                                             targets, counts, containment)
-        metrics["generate"] = section
-        metrics["modes"].append("generate")
+        metrics[name] = section
+        metrics["modes"].append(name)
         for p, extra in zip(predictions, per_row, strict=True):
-            p.update(extra)
+            if name == "generate":
+                p.update(extra)
+            else:  # constrained decoding: its own key per row
+                p[name] = extra
 
-    if scorer is not None and generator is not None:
+    if scorer is not None and "generate" in generators:
         metrics["agreement"] = mode_agreement(predictions)
 
     if output_dir is not None and state.is_main_process:
@@ -156,8 +212,11 @@ def evaluate_rows(
         ranks = {}
         if scorer is not None:
             ranks["rank"] = [p["target_rank"] for p in predictions]
-        if generator is not None:
-            ranks["generate"] = [1.0 if p["hit"] else math.inf for p in predictions]
+        if catalogue is not None:
+            ranks["full"] = [p["full_rank"] for p in predictions]
+        for name in generators:
+            hits = [(p if name == "generate" else p[name])["hit"] for p in predictions]
+            ranks[name] = [1.0 if hit else math.inf for hit in hits]
         write_per_row(out, rows=[p["row"] for p in predictions], split=metrics.get("split"),
                       dataset_fingerprint=metrics.get("dataset_fingerprint"), ranks=ranks)
         write_report(out, metrics, predictions)
@@ -219,24 +278,31 @@ def evaluate(
     tokenizer=None,
     scorer: Callable | None = None,
     generator: Callable | None = None,
+    catalogue: Callable | None = None,
     model_name: str | None = None,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict:
     """Evaluate a causal LM (or an injected scorer / generator) on rows of a prepared split.
 
     ``rows, items, meta`` come from :func:`load_split`. ``args.mode``: "rank" (log-likelihood
-    ranking of the candidates), "generate" (greedy decoding and title matching) or "both". With
-    ``model`` and ``tokenizer`` the LLM scorer / generator are built here from ``args``
-    (``LikelihoodScorer``, ``GreedyGenerator``); an injected ``scorer`` / ``generator`` replaces
-    them (classic recommenders, tests). ``model_name`` describes the model in the report.
+    ranking of the candidates, and / or of the whole catalogue: ``args.rank_over``), "generate"
+    (greedy decoding, free and / or constrained: ``args.constrain``) or "both". With ``model``
+    and ``tokenizer`` the LLM scorers and generators are built here from ``args``
+    (``LikelihoodScorer``, :func:`llm_catalogue`, ``GreedyGenerator``, ``ConstrainedGenerator``);
+    an injected ``scorer`` / ``catalogue`` / ``generator`` (free decoding) replaces them (classic
+    recommenders, tests). ``model_name`` describes the model in the report.
 
-    Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/report.md, OUT/plots/*.png and
-    OUT/run.json (main process only) when ``args.output_dir`` is set; returns the metrics dict.
+    Writes OUT/metrics.json, OUT/predictions.jsonl, OUT/per_row.json, OUT/report.md,
+    OUT/plots/*.png and OUT/run.json (main process only) when ``args.output_dir`` is set; returns
+    the metrics dict.
     """
     wanted = args.modes
+    over = ("candidates", "catalogue") if args.rank_over == "both" else (args.rank_over,)
+    rank_candidates = "rank" in wanted and "candidates" in over
+    rank_catalogue = "rank" in wanted and "catalogue" in over
     if model is not None and not getattr(model, "hf_device_map", None):
         model.to(process_state().device)  # each process scores its shard on its own device
-    if "rank" in wanted and scorer is None:
+    if rank_candidates and scorer is None:
         if model is None:
             raise EvalError("mode rank needs a model (or an injected scorer)")
         from napo.eval.rank import LikelihoodScorer
@@ -244,37 +310,56 @@ def evaluate(
         scorer = LikelihoodScorer(model, tokenizer, layout=args.scoring, length_normalize=args.length_normalize,
                                   completion_prefix=args.completion_prefix,
                                   max_prompt_length=args.max_prompt_length)
-    if "generate" in wanted and generator is None:
+    if rank_catalogue and catalogue is None:
         if model is None:
-            raise EvalError("mode generate needs a model (or an injected generator)")
-        from napo.eval.generate import GreedyGenerator
+            raise EvalError("rank_over catalogue needs a model (or an injected catalogue scorer)")
+        catalogue = llm_catalogue(args, model, tokenizer, items, meta)
+    generators = {}
+    if "generate" in wanted:
+        for constrain, section in zip(args.constrain, args.generate_sections, strict=True):
+            if constrain == "none" and generator is not None:
+                generators[section] = generator
+                continue
+            if model is None:
+                raise EvalError("mode generate needs a model (or an injected generator)")
+            settings = dict(max_new_tokens=args.max_new_tokens, completion_prefix=args.completion_prefix,
+                            max_prompt_length=args.max_prompt_length)
+            if constrain == "none":
+                from napo.eval.generate import GreedyGenerator
 
-        generator = GreedyGenerator(model, tokenizer, max_new_tokens=args.max_new_tokens,
-                                    completion_prefix=args.completion_prefix,
-                                    max_prompt_length=args.max_prompt_length)
-    if "rank" not in wanted:
+                generators[section] = GreedyGenerator(model, tokenizer, **settings)
+            else:
+                from napo.eval.constrained import ConstrainedGenerator
+
+                generators[section] = ConstrainedGenerator(model, tokenizer, constrain, items=items,
+                                                           item_format=meta.get("item_format") or "title", **settings)
+    if not rank_candidates:
         scorer = None
-    if "generate" not in wanted:
-        generator = None
+    if not rank_catalogue:
+        catalogue = None
     output_dir = args.output_dir
-    scorer_name = getattr(scorer, "name", None) or (type(scorer).__name__ if scorer is not None else None)
+    used = [x for x in (scorer, catalogue, *generators.values()) if x is not None]
+    first = used[0] if used else None
     info = {
         "name": args.name or (Path(output_dir).name if output_dir is not None else "run"),
         "dataset": meta.get("dataset"),
         "dataset_dir": str(args.dataset_dir),
         "dataset_fingerprint": meta.get("fingerprint"),
         "item_format": meta.get("item_format"),
+        "prompt_style": prompt_style(meta),
         "split": args.split,
-        "scorer": scorer_name if scorer is not None else type(generator).__name__,
+        "scorer": getattr(first, "name", None) or (type(first).__name__ if first is not None else None),
         "model": model_name or (getattr(getattr(model, "config", None), "name_or_path", None) or None),
     }
     if scorer is not None and hasattr(scorer, "layout"):
         info["rank_settings"] = {"layout": scorer.layout, "length_normalize": scorer.length_normalize}
-    if generator is not None:
+    if generators:
         info["containment"] = args.containment
-        if hasattr(generator, "generation_config"):
-            info["generation_config"] = generator.generation_config.to_diff_dict()
-    metrics = evaluate_rows(rows, train_counts(items), output_dir, scorer=scorer, generator=generator,
+        free = generators.get("generate")
+        if hasattr(free, "generation_config"):
+            info["generation_config"] = free.generation_config.to_diff_dict()
+    metrics = evaluate_rows(rows, train_counts(items), output_dir, scorer=scorer, generators=generators,
+                            catalogue=catalogue, exclude_history=args.exclude_history,
                             batch_size=args.batch_size, ks=ks, containment=args.containment, info=info,
                             show_progress=not args.no_progress)
     if output_dir is not None:
@@ -287,3 +372,25 @@ def evaluate(
                            args.seed)
         state.wait_for_everyone()
     return metrics
+
+
+def llm_catalogue(args: EvalArguments, model, tokenizer, items, meta: dict) -> Callable:
+    """The LLM's catalogue scorer (`napo.eval.catalogue`): item tokens -> one forward per prompt,
+    titles -> the packed scorer in chunks; with ``retrieve_from`` the auxiliary model retrieves
+    ``retrieve_top`` items that the LLM re-ranks. Refuses prompts that list candidates."""
+    from napo.eval.catalogue import ItemTokenCatalogue, Retrieval, TitleCatalogue, aux_catalogue
+
+    if prompt_style(meta) != "history":
+        raise EvalError(f"{args.dataset_dir}: its prompts list the candidates, so ranking the whole catalogue "
+                        "would score items the prompt rules out; prepare the data with --prompt-style history")
+    if meta.get("item_format") == "token":
+        llm = ItemTokenCatalogue(model, tokenizer, items, max_prompt_length=args.max_prompt_length)
+    else:
+        layout = "packed" if args.scoring == "answer" else args.scoring
+        llm = TitleCatalogue(model, tokenizer, items, meta.get("item_format") or "title",
+                             chunk_size=args.catalogue_chunk, layout=layout,
+                             completion_prefix=args.completion_prefix, max_prompt_length=args.max_prompt_length)
+    if args.retrieve_top:
+        return Retrieval(aux_catalogue(args.retrieve_from, args.split, meta), llm, args.retrieve_top,
+                         exclude_history=args.exclude_history)
+    return llm

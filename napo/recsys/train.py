@@ -25,12 +25,14 @@ from tqdm.auto import tqdm
 
 from data_prep.errors import UserError
 from napo.eval.metrics import (
+    FULL_KS,
     full_ranks,
-    metrics_from_ranks,
     popularity_report,
     ranked_candidates,
     ranking_metrics,
+    top_items,
 )
+from napo.eval.results import full_results
 from napo.nonfinite import NonFiniteError, check_mode, nonfinite_gradients, nonfinite_message
 from napo.recsys import state as train_state
 from napo.recsys.data import SeqSplit
@@ -189,14 +191,7 @@ def infer(model: SeqRecommender, split: SeqSplit, *, batch_size: int = 512, top_
         s = scores.float().numpy()
         exclude = [row[row > 0] - 1 for row in split.seq[sl]] if exclude_history else None
         ranks.append(full_ranks(s, split.target[sl], exclude))
-        if exclude_history:
-            s = s.copy()
-            for i, hist in enumerate(exclude):
-                s[i, hist] = -np.inf
-        r = min(top_r, s.shape[1])
-        top = np.argpartition(-s, r - 1, axis=1)[:, :r]
-        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
-        tops.append(np.take_along_axis(top, order, 1))
+        tops.append(top_items(s, top_r, exclude))
     d = model.hidden
     return SplitOutputs(
         user_vectors=np.concatenate(vecs) if vecs else np.zeros((0, d), np.float32),
@@ -207,7 +202,6 @@ def infer(model: SeqRecommender, split: SeqSplit, *, batch_size: int = 512, top_
 
 
 CANDIDATE_KS = (1, 5, 10, 20)
-FULL_KS = (1, 5, 10, 20, 50)
 
 
 def split_metrics(split: SeqSplit, out: SplitOutputs, train_counts=None, pop_ks=(1, 10)) -> dict:
@@ -219,10 +213,8 @@ def split_metrics(split: SeqSplit, out: SplitOutputs, train_counts=None, pop_ks=
         if train_counts is not None:
             ranked = ranked_candidates(out.candidate_scores, split.candidates, split.target_index)
             metrics.update(popularity_report(ranked, split.target, train_counts, pop_ks))
-    metrics.update({f"full/{k}": v for k, v in metrics_from_ranks(out.full_ranks, FULL_KS).items()})
-    if train_counts is not None:
-        rep = popularity_report(out.top_items, split.target, train_counts, pop_ks)
-        metrics.update({f"full/{k}": v for k, v in rep.items()})
+    full = full_results(out.full_ranks, out.top_items, split.target, train_counts, FULL_KS, pop_ks)
+    metrics.update({f"full/{k}": v for k, v in full.items()})
     return metrics
 
 

@@ -50,29 +50,44 @@ def main(argv=None) -> int:
             return 0
         # Data first: a wrong directory or split fails in a second, before a large model loads.
         rows, items, meta = load_split(args.dataset_dir, args.split, args.max_examples, args.sample_seed)
-        model = tokenizer = scorer = model_name = None
+        model = tokenizer = scorer = catalogue = model_name = None
         if args.model_name_or_path:
             from napo.models.loading import load_for_evaluation
 
             model, tokenizer = load_for_evaluation(args)
             model_name = args.model_name_or_path + (f" + adapter {args.adapter}" if args.adapter else "")
         elif args.popularity:
+            from data_prep.prepared import train_counts
+            from napo.eval.catalogue import PopularityCatalogue
+
             scorer = popularity_scorer(items)
+            catalogue = PopularityCatalogue(train_counts(items))
         else:
-            scorer = aux_scorer(args.scores_from_aux, args.split, meta)
+            from napo.eval.catalogue import aux_catalogue
+
+            if args.rank_over != "catalogue":
+                scorer = aux_scorer(args.scores_from_aux, args.split, meta)
+            if args.rank_over != "candidates":  # SASRec's own full ranking: user @ item vectors
+                catalogue = aux_catalogue(args.scores_from_aux, args.split, meta)
         metrics = evaluate(args, rows, items, meta, model=model, tokenizer=tokenizer, scorer=scorer,
-                           model_name=model_name)
+                           catalogue=catalogue, model_name=model_name)
     except UserError as err:
         fail(err)
 
     state = process_state()
     if state.is_main_process:
         summary = []
-        for section in ("rank", "generate"):
+        for section in metrics.get("modes", []):
             sec = metrics.get(section) or {}
-            keys = ("hr@1", "hr@10", "ndcg@10", "mrr") if section == "rank" else ("hr@1", "valid_ratio", "hr@1_valid")
+            keys = ("hr@1", "hr@10", "ndcg@10", "mrr") if section in ("rank", "full") else ("hr@1", "valid_ratio", "hr@1_valid")
             summary += [f"{section} {k}={sec[k]:.4f}" for k in keys if sec.get(k) is not None]
         print(f"{metrics['num_examples']} examples: " + ", ".join(summary) + f" -> {args.output_dir}")
+        if "full_settings" in metrics:  # what one row of full-catalogue ranking costs
+            cost = metrics["full_settings"]
+            extra = "".join(f", {k.replace('_', ' ')} {cost[k]:,.1f}" for k in ("model_calls_per_row", "tokens_per_row")
+                            if k in cost)
+            print(f"full ranking over {cost['num_items']:,} items: {cost['seconds_per_row'] * 1000:.1f} ms per row "
+                  f"({cost['scorer']}{extra})")
         # The evaluated output's model card gets this evaluation (a local dir this toolkit trained).
         for model_dir in (args.adapter, args.model_name_or_path):
             if model_dir and Path(model_dir).is_dir() and add_evaluation(

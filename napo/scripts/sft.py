@@ -1,7 +1,9 @@
 """Supervised fine-tuning of a causal LM on a prepared recommendation dataset (TRL SFTTrainer).
 
 The model learns to answer each candidate-list prompt with the target title (or item token)
-followed by EOS; the loss covers the completion tokens only. LoRA / QLoRA come from the
+followed by EOS; the loss covers the completion tokens only. With `item_softmax: true` (item-token
+data) the loss is instead the cross-entropy of the target item over the item-token rows of the LM
+head at the answer position: SASRec's full-softmax objective. LoRA / QLoRA come from the
 `ModelConfig` flags (`use_peft`, `lora_*`, `load_in_4bit`...), every hyperparameter from the YAML.
 
 ```bash
@@ -22,13 +24,13 @@ logs/checkpoints. `push_to_hub: true` uploads it once.
 
 from dataclasses import asdict
 
-from trl import ModelConfig, SFTConfig, get_peft_config
+from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
 from napo import hybrid
 from napo.cards import command_line, dataset_facts
 from napo.checkpoints import resolve_resume
-from napo.config import DatasetArguments
+from napo.config import DatasetArguments, RecSFTConfig
 from napo.data import TrainingDataError, check_item_tokens, load_training_data, to_prompt_completion
 from napo.guards import GuardArguments, attach_guards
 from napo.hub import RecSFTTrainer, base_model_facts
@@ -41,7 +43,7 @@ from napo.utils import write_run_info
 
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys stop the run with file:line:column.
-    parser = ScriptParser((DatasetArguments, SFTConfig, ModelConfig, GuardArguments, hybrid.HybridArguments))
+    parser = ScriptParser((DatasetArguments, RecSFTConfig, ModelConfig, GuardArguments, hybrid.HybridArguments))
     data_args, training_args, model_args, guard_args, hybrid_args = parser.parse(argv)
 
     # Data and tokenizer checked first, then the model (dtype, QLoRA quantization, attention

@@ -252,3 +252,34 @@ def test_chunks_and_threads_do_not_change_the_output(tmp_path, log_files, monkey
         whole = load_prepared(out)[0]
         for s in ("train", "valid", "test"):
             assert whole[s].data.table.equals(outs[0][s].data.table)
+
+
+@pytest.mark.parametrize("fmt,storage", [("token", "ids"), ("title", "text")])
+def test_history_prompt_style_lists_no_candidate_and_keeps_the_lists(tmp_path, log_files, fmt, storage):
+    """--prompt-style history: no prompt names a candidate outside the history, the rows' ids,
+    chosen and rejected are those of the default style (LLaRA lists exact), and the default
+    style's meta.json (so its fingerprint) does not mention the option."""
+    ip, tp = log_files
+    common = ["--dataset", "interactions", "--interactions", ip, "--items", tp, "--item-format", fmt,
+              "--storage", storage, "--domain", "movie"]
+    assert _run(*common, "--output-dir", tmp_path / "lists") == 0
+    assert _run(*common, "--output-dir", tmp_path / "hist", "--prompt-style", "history") == 0
+    lists, items, meta_lists = load_prepared(tmp_path / "lists")
+    hist, _, meta = load_prepared(tmp_path / "hist")
+    assert meta["prompt_style"] == "history" and meta["args"]["prompt_style"] == "history"
+    assert "prompt_style" not in meta_lists and "prompt_style" not in meta_lists["args"]
+    assert meta["templates"]["file"] == "data_prep/templates/history/movie.txt"
+    title = dict(zip(items["item_id"], items["title"], strict=True))
+    shown = (lambda i: item_token(i)) if fmt == "token" else (lambda i: f'"{title[i]}"')
+    checked = 0
+    for split in ("train", "valid", "test"):
+        for key in ("user_id", "history", "target", "candidates", "chosen", "rejected"):
+            assert hist[split][key] == lists[split][key], (split, key)
+        for row in hist[split]:
+            assert row["prompt"].endswith("Answer:")
+            for i in row["history"]:
+                assert shown(i) in row["prompt"]
+            for c in set(row["candidates"]) - set(row["history"]):
+                assert shown(c) not in row["prompt"], (split, c)
+                checked += 1
+    assert checked > 1000

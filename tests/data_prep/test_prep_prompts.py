@@ -59,3 +59,39 @@ def test_render_known_answer():
     ]
     tokens = display_names(pa.array([item_token(i) for i in range(4)]), "token")
     assert join_lists(hist, tokens).to_pylist() == ["<item_0>, <item_1>", ""]
+
+
+@pytest.mark.parametrize("domain", ["movie", "music", "book", "game", "generic"])
+def test_shipped_history_templates_list_no_candidates(domain):
+    t = load_templates(domain, style="history")
+    assert len(t.texts) >= 3
+    assert all(x.count("{history}") == 1 and "{candidates}" not in x and "{num_candidates}" not in x
+               for x in t.texts)
+    assert t.path == f"data_prep/templates/history/{domain}.txt"
+
+
+def test_history_template_checks(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("Seen {history}. Next? Answer:\n---\nH {history} ({num_candidates})\n")
+    with pytest.raises(DataPrepError, match=r"line 3: \{num_candidates\} in a history-only template"):
+        load_templates("movie", str(f), style="history")
+    f.write_text("Seen {history} from {candidates}\n")
+    with pytest.raises(DataPrepError, match=r"line 1: \{candidates\} in a history-only template"):
+        load_templates("movie", str(f), style="history")
+    f.write_text("Nothing here\n")
+    with pytest.raises(DataPrepError, match=r"line 1: missing \{history\}"):
+        load_templates("movie", str(f), style="history")
+    with pytest.raises(DataPrepError, match="unknown --prompt-style 'both'"):
+        load_templates("movie", style="both")
+
+
+def test_render_history_only_known_answer():
+    names = display_names(pa.array(["Alpha", "Beta", "Gamma"]), "title")
+    hist = pa.ListArray.from_arrays(pa.array([0, 2, 3]), pa.array([0, 1, 2]))
+    cands = pa.ListArray.from_arrays(pa.array([0, 1, 2]), pa.array([2, 0]))  # never shown
+    out = render(["A {history}. Answer:", "{history} then?"], np.array([1, 0]),
+                 join_lists(hist, names), join_lists(cands, names), 2)
+    assert out.to_pylist() == ['"Alpha", "Beta" then?', 'A "Gamma". Answer:']
+    with pytest.raises(DataPrepError, match="mix history-only and candidate-list prompts"):
+        render(["A {history}", "{history} {candidates}"], np.array([0, 1]), join_lists(hist, names),
+               join_lists(cands, names), 2)

@@ -97,3 +97,28 @@ def trained_model_dir(tiny_dataset_dir, tiny_model_dir, tmp_path_factory):
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def history_data(tmp_path_factory):
+    """{"token": (data dir, model dir), "title": (data dir, model dir)}: the interactions above
+    prepared with history-only prompts (--prompt-style history), items as tokens or as titles,
+    each with a random-init tiny Llama (the token one with item tokens)."""
+    from data_prep.__main__ import main as data_prep_main
+    from napo.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("history-data")
+    inter, items = write_interactions(root / "raw")
+    out = {}
+    for fmt in ("token", "title"):
+        data = root / f"prepared-{fmt}"
+        rc = data_prep_main([
+            "--dataset", "interactions", "--interactions", str(inter), "--items", str(items),
+            "--output-dir", str(data), "--num-candidates", "5", "--max-history", "3", "--min-history", "2",
+            "--domain", "movie", "--item-format", fmt, "--prompt-style", "history", "--quiet",
+        ])
+        assert rc == 0
+        build_tiny_model(data, root / f"model-{fmt}", hidden_size=32, num_layers=2, num_heads=2, vocab_size=400,
+                         seed=1, item_tokens=fmt == "token")
+        out[fmt] = (data, root / f"model-{fmt}")
+    return out
