@@ -55,12 +55,15 @@ common=(--dataset_dir "$D/data" --split test --max_examples "$DEMO_EVAL_EXAMPLES
 "$PY" recipes/evaluate.py --scores_from_aux "$D/sasrec/aux" "${common[@]}" \
     --output_dir "$D/eval/sasrec" --name SASRec
 # The SFT output is the fine-tuned tiny model; DPO / S-DPO / NAPO are LoRA adapters on top of it.
-"$PY" recipes/evaluate.py --model_name_or_path "$D/sft" "${common[@]}" --mode both --batch_size 32 \
+# Generation twice: free (the papers' protocol, matched to the titles) and constrained to the row's
+# candidates (a trie of their tokens: every answer is a candidate, ValidRatio 1 by construction).
+llm=(--mode both --constrain none candidates --batch_size 32)
+"$PY" recipes/evaluate.py --model_name_or_path "$D/sft" "${common[@]}" "${llm[@]}" \
     --output_dir "$D/eval/sft" --name SFT
 names=([dpo]=DPO [sdpo]=S-DPO [napo]="NAPO (rescore)" [napo-reuse]="NAPO (reuse)")
 for run in dpo sdpo napo napo-reuse; do
     "$PY" recipes/evaluate.py --model_name_or_path "$D/sft" --adapter "$D/$run" \
-        "${common[@]}" --mode both --batch_size 32 --output_dir "$D/eval/$run" --name "${names[$run]}"
+        "${common[@]}" "${llm[@]}" --output_dir "$D/eval/$run" --name "${names[$run]}"
 done
 
 step "7/7 comparison"

@@ -32,7 +32,9 @@ def main(demo_dir: str, wall_seconds: str) -> None:
         "token each (`<item_ID>`), so that a tiny model can learn in minutes.",
         f"- Evaluation: {evaluation.get('max_examples')} test examples (a uniform sample, seed "
         f"{evaluation.get('sample_seed')}), the same rows for every method. `rank` orders the 20 "
-        "candidates by the model's log-likelihood; `gen` decodes greedily and matches the answer.",
+        "candidates by the model's log-likelihood; `gen` decodes greedily and matches the answer "
+        "(the papers' protocol); `gen HR@1 (candidates trie)` decodes greedily under a trie of the "
+        "row's candidates, so every answer is a candidate.",
         f"- LLM: a random-init {tiny.get('arch', '?')} of {tiny.get('num_parameters', 0):,} parameters "
         f"(hidden {tiny.get('hidden_size')}, {tiny.get('num_layers')} layers), tokenizer trained on the "
         "prepared prompts; not a pretrained model, so absolute numbers say little about real LLMs.",

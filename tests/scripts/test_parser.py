@@ -3,14 +3,14 @@
 from pathlib import Path
 
 import pytest
-from trl import ModelConfig, SFTConfig
+from trl import ModelConfig
 
-from napo.config import DatasetArguments
+from napo.config import AdapterArguments, DatasetArguments, NAPOConfig, RecSFTConfig
 from napo.scripts.parser import ScriptParser, config_path
 
 
 def _parser():
-    return ScriptParser((DatasetArguments, SFTConfig, ModelConfig))
+    return ScriptParser((DatasetArguments, RecSFTConfig, ModelConfig))  # napo-sft's settings
 
 
 def _write(tmp_path, text):
@@ -95,3 +95,15 @@ def test_shipped_sft_configs_parse(path):
     assert data.dataset_dir and training.output_dir and model.model_name_or_path
     if model.use_peft:
         assert training.ddp_find_unused_parameters is False
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*-history.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_history_prompt_configs_parse(path):
+    """The full-catalogue pipeline's configs: SFT with item_softmax, NAPO with scoring answer."""
+    if path.name.startswith("sft"):
+        _, training, _ = _parser().parse(["--config", str(path)])
+        assert training.item_softmax is True
+    else:
+        parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig))
+        _, _, training, _ = parser.parse(["--config", str(path)])
+        assert training.scoring == "answer" and training.share_mode == "rescore"
