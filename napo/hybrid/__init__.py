@@ -184,7 +184,9 @@ def prepare(model, tokenizer, args: HybridArguments, *, meta: dict, items, aux_d
 
 def peft_settings(peft_config, model, encoder: ItemEncoder | None) -> Any:
     """Make a LoRA config train the hybrid part too: the projector as ``modules_to_save`` (frozen
-    rows, placeholders), or the item rows as ``trainable_token_indices`` (trainable rows)."""
+    rows, placeholders). Trainable rows under LoRA are refused: PEFT's trainable tokens wrap the
+    LM head in a module that TRL's fused LM head cannot read (no ``bias``, base weight only), so
+    the SFT loss would not see them; full fine-tuning trains the rows as ordinary weights."""
     if peft_config is None or encoder is None:
         return peft_config
     if encoder_of(model) is not None:
@@ -192,7 +194,8 @@ def peft_settings(peft_config, model, encoder: ItemEncoder | None) -> Any:
         if PROJECTOR_NAME not in modules:
             peft_config.modules_to_save = [*modules, PROJECTOR_NAME]
     elif encoder.mode == "trainable":
-        peft_config.trainable_token_indices = encoder.token_ids.tolist()
+        raise HybridError("item_embeddings_mode trainable with LoRA (use_peft) is not supported: the adapter could "
+                          "not train the item rows; use item_embeddings_mode frozen, or full fine-tuning (use_peft false)")
     return peft_config
 
 

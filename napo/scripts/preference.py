@@ -99,6 +99,7 @@ def main(argv=None):
             "adapter": asdict(adapter_args),
             "training": training_args.to_dict(),
             "model": asdict(model_args),
+            "hybrid": asdict(hybrid_args),
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 

@@ -63,6 +63,7 @@ def main(argv=None):
         # Hybrid item embeddings (item_embeddings: aux): the aux model's item vectors through a projector.
         encoder = hybrid.prepare(model, tokenizer, hybrid_args, meta=meta, items=items,
                                  aux_dir=hybrid_args.item_aux_dir, seed=training_args.seed)
+        peft_config = hybrid.peft_settings(get_peft_config(model_args), model, encoder)  # + the projector
         llara = placeholders.uses_placeholders(model)
         keep = ("history", "candidates") if llara else ()
         # Prompt/completion pairs: TRL appends EOS to the completion and masks the prompt out of the loss.
@@ -83,7 +84,7 @@ def main(argv=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=hybrid.peft_settings(get_peft_config(model_args), model, encoder),
+        peft_config=peft_config,
         callbacks=[LogHistoryCallback()],  # OUT/log_history.jsonl, trainer_state.json, all_results.json
     )
     if llara:  # LLaRA's curriculum: hybrid batches (placeholders -> projected aux vectors) or text-only
@@ -102,6 +103,7 @@ def main(argv=None):
             "dataset_meta": {k: meta.get(k) for k in ("dataset", "item_format", "fingerprint", "num_candidates")},
             "training": training_args.to_dict(),
             "model": asdict(model_args),
+            "hybrid": asdict(hybrid_args),
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 

@@ -277,3 +277,18 @@ def test_bad_settings_fail_with_one_line(hybrid_inputs, tmp_path, capsys):
                   str(hybrid_inputs["aux"]), *common])
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: item_embeddings aux needs item tokens")
+
+
+
+def test_trainable_rows_with_lora_are_refused_with_one_line(hybrid_inputs, tmp_path, capsys):
+    from napo.scripts import sft
+
+    with pytest.raises(SystemExit) as stop:
+        sft.main(["--dataset_dir", str(hybrid_inputs["data"]), "--model_name_or_path", str(hybrid_inputs["model"]),
+                  "--output_dir", str(tmp_path / "o"), "--item_embeddings", "aux", "--item_embeddings_mode",
+                  "trainable", "--item_aux_dir", str(hybrid_inputs["aux"]), "--use_peft", "true",
+                  *_flags(max_steps=1)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: item_embeddings_mode trainable with LoRA (use_peft) is not supported")
+    assert not (tmp_path / "o" / "adapter_config.json").exists()
