@@ -226,3 +226,19 @@ def test_preference_training_of_placeholder_models_is_refused(trained, llara, tm
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: preference training of LLaRA placeholder models is not built")
+
+
+@pytest.mark.parametrize("name", ["llara.yaml", "llara-tiny.yaml"])
+def test_shipped_llara_configs_parse(name):
+    from trl import ModelConfig
+
+    from napo.config import DatasetArguments, RecSFTConfig
+    from napo.guards import GuardArguments
+    from napo.hybrid import HybridArguments
+    from napo.scripts.parser import ScriptParser
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "configs", "lastfm", name)
+    parser = ScriptParser((DatasetArguments, RecSFTConfig, ModelConfig, GuardArguments, HybridArguments))
+    data, training, model, _, hybrid = parser.parse(["--config", path, "--bf16", "false", "--use_cpu", "true"])
+    assert hybrid.item_embeddings == "aux" and hybrid.item_aux_dir and hybrid.hybrid_curriculum == "linear"
+    assert data.dataset_dir.endswith("-ph") and training.output_dir and model.model_name_or_path
