@@ -292,3 +292,21 @@ def test_trainable_rows_with_lora_are_refused_with_one_line(hybrid_inputs, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: item_embeddings_mode trainable with LoRA (use_peft) is not supported")
     assert not (tmp_path / "o" / "adapter_config.json").exists()
+
+
+def test_item_softmax_sft_trains_the_projector(hybrid_inputs, tmp_path):
+    """SFT's item_softmax (cross-entropy over the item rows at the answer position) reads the LM
+    head's item rows: with frozen hybrid rows they are the projection, so the projector learns."""
+    from napo.hybrid.encoder import load_encoder
+    from napo.scripts import sft
+
+    out = tmp_path / "softmax"
+    trainer = sft.main(["--dataset_dir", str(hybrid_inputs["data"]), "--model_name_or_path", str(hybrid_inputs["model"]),
+                        "--output_dir", str(out), "--item_embeddings", "aux", "--item_aux_dir", str(hybrid_inputs["aux"]),
+                        "--item_softmax", "true", "--use_peft", "false", "--activation_checkpointing", "false",
+                        *_flags(max_steps=4, learning_rate=1e-2, lr_scheduler_type="constant", max_train_samples=4)])
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < losses[0]  # one repeated batch: the item softmax goes down
+    _, _, initial = _model_and_encoder(hybrid_inputs)
+    trained = load_encoder(out)
+    assert not torch.equal(trained.project(), initial.project())
