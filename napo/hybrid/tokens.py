@@ -147,4 +147,10 @@ def materialize(model: nn.Module) -> nn.Module:
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     if hasattr(inner, ENCODER_ATTR):
         delattr(inner, ENCODER_ATTR)
+    head = inner.get_output_embeddings()
+    if head is not None and head.weight is inner.get_input_embeddings().weight:
+        # Still one Parameter: say so. PEFT's merge_and_unload compares the data pointers of the
+        # two parametrized weights (computed anew on every access, so they always differ) and
+        # writes tie_word_embeddings false, which a saved model would then be loaded with.
+        inner.config.tie_word_embeddings = True
     return model

@@ -160,20 +160,20 @@ def load_model_and_tokenizer(
             raise ModelLoadError(f"{Path(path) / ADAPTER_CONFIG} names no base_model_name_or_path")
         kwargs.pop("revision", None)  # the revision belongs to the adapter id, not to its base
         base = _load_base(base_path, kwargs)
-        _restore_hybrid(base, base_path, path)
+        restore_hybrid(base, base_path, path)
         model = PeftModel.from_pretrained(base, path, is_trainable=not merge_adapter)
         if merge_adapter:
             model = model.merge_and_unload()
     else:
         model = _load_base(path, kwargs)
-        _restore_hybrid(model, path)
+        restore_hybrid(model, path)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def _restore_hybrid(model: Any, *directories: str | Path | None) -> None:
+def restore_hybrid(model: Any, *directories: str | Path | None) -> None:
     """Attach the hybrid item encoder saved in the first of ``directories`` that has one."""
     from napo import hybrid
 
@@ -222,7 +222,7 @@ def load_for_evaluation(args: Any) -> tuple[Any, Any]:
         adapter = resolve_adapter(args.adapter)  # a local dir, or the Hub adapter's snapshot
         if (Path(adapter) / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(adapter)
-        _restore_hybrid(model, adapter)  # when the base had none (a LoRA SFT of a Hub model)
+        restore_hybrid(model, adapter)  # when the base had none (a LoRA SFT of a Hub model)
         model = PeftModel.from_pretrained(model, adapter)
         if not args.load_in_4bit:
             model = model.merge_and_unload()

@@ -310,3 +310,17 @@ def test_item_softmax_sft_trains_the_projector(hybrid_inputs, tmp_path):
     _, _, initial = _model_and_encoder(hybrid_inputs)
     trained = load_encoder(out)
     assert not torch.equal(trained.project(), initial.project())
+
+
+def test_export_bakes_the_trained_projection_into_a_plain_model(napo_run, sft_run, hybrid_inputs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from napo.scripts.export import main as export
+
+    trainer, adapter = napo_run
+    in_memory = _scores(trainer.model, trainer.processing_class, hybrid_inputs["data"])
+    assert export(["--adapter", str(adapter), "--output_dir", str(tmp_path / "merged")]) == 0
+    assert not (tmp_path / "merged" / "hybrid_items.json").exists()  # nothing left to restore
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(_scores(merged, trainer.processing_class, hybrid_inputs["data"]), in_memory,
+                               rtol=1e-5, atol=1e-4)
