@@ -242,3 +242,17 @@ def test_shipped_llara_configs_parse(name):
     data, training, model, _, hybrid = parser.parse(["--config", path, "--bf16", "false", "--use_cpu", "true"])
     assert hybrid.item_embeddings == "aux" and hybrid.item_aux_dir and hybrid.hybrid_curriculum == "linear"
     assert data.dataset_dir.endswith("-ph") and training.output_dir and model.model_name_or_path
+
+
+def test_tiny_builder_adds_the_placeholders_as_special_tokens(llara):
+    from transformers import AutoTokenizer
+
+    from data_prep.prompts import PLACEHOLDERS
+
+    tok = AutoTokenizer.from_pretrained(llara[1])
+    ids = tok('"Babe Day (1974)" [HistoryEmb], "Toy Day (1962)" [CansEmb]. Answer:')["input_ids"]
+    for kind, token in PLACEHOLDERS.items():
+        assert ids.count(tok.convert_tokens_to_ids(token)) == 1, kind
+        assert token in tok.all_special_tokens
+    assert "[HistoryEmb]" not in tok.decode(ids, skip_special_tokens=True)
+    assert not any("Emb" in t for t in tok.get_vocab() if t not in PLACEHOLDERS.values())  # no BPE merges spent
