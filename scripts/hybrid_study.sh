@@ -20,7 +20,8 @@ EVAL_EXAMPLES=${EVAL_EXAMPLES-1000}
 EVAL_SEED=${EVAL_SEED:-42}           # the rows: the same for every method and seed
 DATA_ARGS=${DATA_ARGS---dataset ml-100k --item-format token --prompt-style history --seed 42}
 CONFIGS=${CONFIGS:-recipes/configs/ml-100k}
-SASREC_ARGS=${SASREC_ARGS---lr 0.003 --max_epochs 40}
+# --threads 1: a slot is one core; two threads on a shared core made SASRec 4x slower per epoch here
+SASREC_ARGS=${SASREC_ARGS---lr 0.003 --max_epochs 40 --threads 1}
 SFT_CONFIG=${SFT_CONFIG:-$CONFIGS/sft-tiny-history.yaml}
 NAPO_CONFIG=${NAPO_CONFIG:-$CONFIGS/napo-tiny-history.yaml}
 SFT_ARGS=${SFT_ARGS:-}
