@@ -3,7 +3,7 @@
 #
 #   STUDY_DIR=runs/hybrid/ml-100k SEED=1 bash scripts/hybrid_study.sh            # MovieLens-100K
 #   STUDY_DIR=runs/hybrid/beauty SEED=1 CONFIGS=recipes/configs/beauty EVAL_EXAMPLES= \
-#       DATA_ARGS="--dataset seq-txt --input-dir ../shared/data/amazon-seq/Beauty --item-format token \
+#       DATA_ARGS="--dataset seq-txt --input-dir PATH/amazon-seq/Beauty --item-format token \
 #       --prompt-style history" SASREC_ARGS="--threads 1" bash scripts/hybrid_study.sh   # Amazon Beauty
 #
 # data_prep (item tokens, history-only prompts) -> SASRec (the auxiliary model and the comparator)
