@@ -118,7 +118,7 @@ RECOMMENDERS: dict[str, tuple[str, tuple[str, ...]]] = {
               "(WSDM 2018, arXiv:1809.07426)", (_CASER_BIB,)),
     "Pop": ("most-popular items of the training data (no paper)", ()),
 }
-EVAL_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")
+EVAL_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "full/hr@10", "full/ndcg@10")
 
 
 def method_facts(method: str) -> tuple[str, str, str, str, tuple[str, ...]]:
@@ -265,7 +265,8 @@ def add_evaluation(model_dir: str | Path, metrics: dict, *, name: str) -> bool:
     record = read_card(model_dir)
     if record is None:
         return False
-    rank = metrics.get("rank") or {}
+    rank = dict(metrics.get("rank") or {})
+    rank.update({f"full/{k}": v for k, v in (metrics.get("full") or {}).items()})  # the catalogue protocol
     row = {
         "name": name,
         "dataset": metrics.get("dataset"),

@@ -159,7 +159,7 @@ class TitleCatalogue:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = pad
         self.tokens_scored = 0  # prompt + completion tokens fed to the model (cost report)
-        self.forwards = 0
+        self.prompt_encodings = 0  # one per row and chunk: the packed row holds the prompt once
         self.rows_scored = 0
         self._tails: dict = {}  # catalogue_completions' cache, kept across batches
         self.placeholder_ids = placeholder_ids(tokenizer) if uses_placeholders(model) else None
@@ -190,15 +190,15 @@ class TitleCatalogue:
                                                            self.placeholder_ids)
             logps, _ = completion_logps(self.model, collated)
             out[:, start: start + logps.shape[1]] = logps.float().cpu()
-            self.forwards += 1
+            self.prompt_encodings += len(prompts)
             self.tokens_scored += int((collated["input_ids"] != self.pad_token_id).sum())
         return out if item_ids is not None else self._spread(out)
 
     def cost(self) -> dict:
-        """What a row cost so far: model calls (one per chunk of a batch) and tokens fed."""
+        """What a row cost so far: prompt encodings (one per chunk of titles) and tokens fed."""
         rows = max(self.rows_scored, 1)
-        return {"model_calls_per_row": self.forwards / rows, "tokens_per_row": self.tokens_scored / rows,
-                "chunk_size": self.chunk_size}
+        return {"prompt_encodings_per_row": self.prompt_encodings / rows,
+                "tokens_per_row": self.tokens_scored / rows, "chunk_size": self.chunk_size}
 
     def _spread(self, scores: torch.Tensor) -> torch.Tensor:
         full = torch.full((scores.shape[0], self.num_items), -torch.inf)

@@ -70,6 +70,8 @@ class EvalArguments:
             raise EvalError(f"max_examples must be >= 1, got {self.max_examples}")
         if self.rank_over not in RANK_OVER:
             raise EvalError(f"rank_over {self.rank_over!r} is not one of {', '.join(RANK_OVER)}")
+        if isinstance(self.constrain, str):  # YAML `constrain: candidates` (or "none candidates")
+            self.constrain = self.constrain.replace(",", " ").split()
         bad = [c for c in self.constrain if c not in CONSTRAINTS]
         if bad or not self.constrain or len(set(self.constrain)) != len(self.constrain):
             raise EvalError(f"constrain {' '.join(self.constrain)!r}: give one or more distinct values of "

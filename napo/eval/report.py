@@ -364,14 +364,15 @@ def compare(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None =
     return caption + "\n\n" + table + paired_section(run_dirs, names)
 
 
-PAIRED_METRICS = ("hr@1", "ndcg@10", "mrr")
+PAIRED_METRICS = ("hr@1", "ndcg@10", "mrr", "full/hr@10", "full/ndcg@10")
 
 
 def paired_section(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None,
                    metrics: Sequence[str] = PAIRED_METRICS) -> str:
-    """Paired differences of every method against the first one (napo.eval.stats), on the rank
-    section's per-row results; runs sharing a name are that method's seeds, paired in order.
-    Empty when fewer than two methods; a note when some run has no per_row.json."""
+    """Paired differences of every method against the first one (napo.eval.stats), on the per-row
+    results of the rank and full-catalogue sections that both have; runs sharing a name are that
+    method's seeds, paired in order. Empty when fewer than two methods; a note when some run has
+    no per_row.json."""
     from napo.eval.stats import compare_runs, paired_table
 
     groups: dict[str, list] = {}
@@ -387,9 +388,9 @@ def paired_section(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] |
     (base, base_runs), *others = groups.items()
     results = []
     for name, runs in others:
-        sections = load_per_row(runs[0]).get("ranks", {})
+        sections = set(load_per_row(runs[0]).get("ranks", {})) & set(load_per_row(base_runs[0]).get("ranks", {}))
         for metric in metrics:
-            if "rank" in sections:
+            if (metric.rpartition("/")[0] or "rank") in sections:  # both sides ranked that way
                 results.append(compare_runs(runs, base_runs, metric, names=(name, base)))
     if not results:
         return ""

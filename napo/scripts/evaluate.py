@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         print(f"{metrics['num_examples']} examples: " + ", ".join(summary) + f" -> {args.output_dir}")
         if "full_settings" in metrics:  # what one row of full-catalogue ranking costs
             cost = metrics["full_settings"]
-            extra = "".join(f", {k.replace('_', ' ')} {cost[k]:,.1f}" for k in ("model_calls_per_row", "tokens_per_row")
+            extra = "".join(f", {k.replace('_', ' ')} {cost[k]:,.1f}" for k in ("prompt_encodings_per_row", "tokens_per_row")
                             if k in cost)
             print(f"full ranking over {cost['num_items']:,} items: {cost['seconds_per_row'] * 1000:.1f} ms per row "
                   f"({cost['scorer']}{extra})")

@@ -20,6 +20,7 @@ from napo.eval.catalogue import (
 )
 from napo.eval.config import EvalArguments, EvalError
 from napo.eval.metrics import FULL_KS, full_ranks, metrics_from_ranks, popularity_report, top_items
+from napo.eval.report import compare
 from napo.eval.runner import evaluate, load_split
 from napo.scoring import collate_listwise, completion_logps, tokenize_listwise
 from napo.scripts.evaluate import main as eval_main
@@ -92,6 +93,13 @@ def test_napo_eval_full_section_is_the_recommenders_full_ranking(history_data, t
     for p, row, b in zip(predictions, rows, brute, strict=True):
         np.testing.assert_allclose(p["scores"], b[row["candidates"]], atol=2e-5)
     assert per_row["ranks"]["rank"] == [float(p["target_rank"]) for p in predictions]
+    # --compare pairs the full-catalogue ranks too (here against Popularity on the same rows)
+    pop = tmp_path / "popularity"
+    assert eval_main(["--popularity", "--dataset_dir", str(data), "--output_dir", str(pop), "--rank_over", "both",
+                      "--exclude_history", "true", "--no_progress"]) == 0
+    table = compare([str(pop), str(out)])
+    assert "| full HR@10 | full NDCG@10 |" in table
+    assert "| eval vs popularity | full/ndcg@10 |" in table and "| eval vs popularity | full/hr@10 |" in table
 
 
 def test_title_catalogue_equals_joint_tokenization_scores(history_data):
@@ -107,7 +115,7 @@ def test_title_catalogue_equals_joint_tokenization_scores(history_data):
     exact = tokenize_listwise(tokenizer, list(batch["prompt"]), [texts] * 5)
     expected, _ = completion_logps(model, collate_listwise(exact, tokenizer.pad_token_id, "naive"))
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
-    assert scorer.cost()["model_calls_per_row"] == pytest.approx(4 / 5)  # one call per chunk of the batch
+    assert scorer.cost()["prompt_encodings_per_row"] == 4  # 24 titles in chunks of 7: the prompt 4 times
     # a subset (the retrieval stage) is the same numbers at those ids
     ids = torch.tensor([[3, 0, 17]] * 5)
     torch.testing.assert_close(scorer.score_items(batch, ids), expected.gather(1, ids), atol=1e-4, rtol=0)
@@ -179,3 +187,18 @@ def test_catalogue_ranking_refuses_prompts_that_list_candidates(tiny_dataset_dir
                       retrieve_from="aux")
     with pytest.raises(EvalError, match="constrain 'nothing'"):
         EvalArguments(model_name_or_path="m", dataset_dir="d", output_dir="o", constrain=["nothing"])
+    # a YAML string is split, not read character by character
+    assert EvalArguments(model_name_or_path="m", dataset_dir="d", output_dir="o",
+                         constrain="none candidates").constrain == ["none", "candidates"]
+
+
+def test_the_model_card_gets_the_full_catalogue_metrics(tmp_path):
+    from napo.cards import add_evaluation, read_card, write_card
+
+    write_card(tmp_path, {"method": "sft", "model_name": "m", "evaluations": []})
+    metrics = {"dataset": "d", "split": "test", "num_examples": 3, "rank": {"hr@1": 0.5, "ndcg@10": 0.6},
+               "full": {"hr@10": 0.25, "ndcg@10": 0.125, "pop/coverage@10": 0.1}}
+    assert add_evaluation(tmp_path, metrics, name="run")
+    row = read_card(tmp_path)["evaluations"][-1]["metrics"]
+    assert row == {"hr@1": 0.5, "ndcg@10": 0.6, "full/hr@10": 0.25, "full/ndcg@10": 0.125}
+    assert "full/hr@10" in (tmp_path / "README.md").read_text()

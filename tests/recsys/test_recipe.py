@@ -120,3 +120,22 @@ def test_model_card(run_dir, cycle_dataset):
     row = next(line for line in lines if line.startswith("| napo-recsys |"))
     assert f"| {metrics['hr@1']:.4f} |" in row and row.endswith(f"| {metrics['mrr']:.4f} |")
     assert lines[lines.index("## Command") + 3].startswith("napo-recsys --config ")
+
+
+def test_napo_eval_full_ranking_of_the_aux_equals_the_recsys_run(run_dir, cycle_dataset, tmp_path):
+    """napo-eval --scores_from_aux --rank_over both ranks the catalogue by user @ item vectors with
+    the evaluator's code path (the one the LLM's full ranking takes): the same per-row full ranks
+    and the same full/ metrics as the recommender's own test evaluation."""
+    from napo.scripts.evaluate import main as eval_main
+
+    out = tmp_path / "eval"
+    assert eval_main(["--scores_from_aux", str(run_dir / "aux"), "--dataset_dir", str(cycle_dataset),
+                      "--output_dir", str(out), "--rank_over", "both", "--no_progress"]) == 0
+    recsys, evaluated = load_per_row(run_dir), load_per_row(out)
+    assert evaluated["rows"] == recsys["rows"]
+    np.testing.assert_array_equal(evaluated["ranks"]["full"], recsys["ranks"]["full"])
+    np.testing.assert_array_equal(evaluated["ranks"]["rank"], recsys["ranks"]["rank"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    full = json.loads((out / "metrics.json").read_text())["full"]
+    for key in ("hr@1", "hr@10", "ndcg@10", "ndcg@50", "mrr", "pop/coverage@10", "pop/hr@10/head"):
+        assert full[key] == pytest.approx(metrics[f"full/{key}"], nan_ok=True), key
