@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate-sampler", default="llara", help="llara | uniform | popularity")
     p.add_argument("--popularity-alpha", type=float, default=1.0, help="popularity sampler: p ~ count^alpha")
     p.add_argument("--item-format", default="title", help="title | token (<item_ID> tokens)")
+    p.add_argument("--item-placeholders", action="store_true",
+                   help="title prompts with LLaRA's placeholders: [HistoryEmb] after each history title, "
+                        "[CansEmb] after each candidate (hybrid models put the item's projected aux vector there)")
     p.add_argument("--prompt-style", default="candidates",
                    help="candidates: the prompt lists the candidates (the papers'); history: the history "
                         "only (data_prep/templates/history/), for full-catalogue ranking; the candidate "

@@ -78,6 +78,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataPrepError(f"--popularity-alpha {args.popularity_alpha}: must be >= 0 (0 is uniform)")
     if args.item_format not in prompts.ITEM_FORMATS:
         raise DataPrepError(f"unknown --item-format '{args.item_format}'; choose title or token")
+    args.item_placeholders = bool(getattr(args, "item_placeholders", False))
+    if args.item_placeholders and args.item_format != "title":
+        raise DataPrepError("--item-placeholders goes after titles (--item-format title); item tokens take the "
+                            "auxiliary vectors directly (napo-sft --item_embeddings aux)")
     args.prompt_style = getattr(args, "prompt_style", "candidates")
     if args.prompt_style not in prompts.PROMPT_STYLES:
         raise DataPrepError(f"unknown --prompt-style '{args.prompt_style}'; choose candidates or history")
@@ -112,7 +116,7 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
 
 def chunk_table(ex: Examples, start: int, stop: int, cands: np.ndarray, titles: pa.Array,
                 names: pa.Array, templates: list[str], choice: np.ndarray,
-                num_candidates: int, storage: str = "text") -> pa.Table:
+                num_candidates: int, storage: str = "text", candidate_names: pa.Array | None = None) -> pa.Table:
     """Arrow table with the contract columns for rows [start, stop) of one split (the id
     columns only with storage 'ids'; the text is then rendered on load, by the same function).
 
@@ -130,7 +134,8 @@ def chunk_table(ex: Examples, start: int, stop: int, cands: np.ndarray, titles: 
         "candidates": _list_array(np.arange(m + 1) * num_candidates, pa.array(cands.reshape(-1), pa.int64())),
     }
     if storage == "text":
-        columns.update(render.text_columns(hist, np.asarray(tgt, np.int64), cands, titles, names, templates, choice))
+        columns.update(render.text_columns(hist, np.asarray(tgt, np.int64), cands, titles, names, templates, choice,
+                                           candidate_names))
     return pa.table(columns)
 
 
@@ -183,6 +188,7 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
 
     catalogue = items["item_id"].to_numpy(np.int64)
     titles, names = render.item_strings(catalogue, items["title"].to_numpy(dtype=object), args.item_format)
+    names, candidate_names = render.prompt_names(names, args.item_placeholders)
 
     # One LLaRA sampler for all splits: its cached draws depend only on (target, pool size).
     llara = cand.LlaraSampler(catalogue, args.num_candidates, args.max_history)
@@ -212,7 +218,8 @@ def build(args: argparse.Namespace, timings: dict | None = None) -> dict:
                                 ex.target[start:stop], desc=split)
                     lap("candidates")
                     pending.append(pool.submit(chunk_table, ex, start, stop, c, titles, names,
-                                               tmpl.texts, choice[start:stop], args.num_candidates, args.storage))
+                                               tmpl.texts, choice[start:stop], args.num_candidates, args.storage,
+                                               candidate_names))
                     _drain(pending, WORKERS, writer, lap)
                 _drain(pending, 0, writer, lap)
             writer.close(hashlib.sha256(f"{meta['fingerprint']}/{split}".encode()).hexdigest()[:16])
@@ -239,6 +246,9 @@ def _seed(*parts: int) -> np.random.SeedSequence:
 
 def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: dict | None = None) -> dict:
     recorded = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONTENT}
+    # Left out when off, so a directory prepared before the option existed keeps its fingerprint.
+    if not recorded.get("item_placeholders"):
+        recorded.pop("item_placeholders", None)
     # The default prompt style is left out, so a directory prepared before the option existed
     # keeps its fingerprint (and the auxiliary outputs made for it stay valid).
     if recorded.get("prompt_style") == "candidates":
@@ -249,6 +259,7 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: 
         "domain": src.domain,
         "num_candidates": args.num_candidates,
         "item_format": args.item_format,
+        **({"item_placeholders": True} if recorded.get("item_placeholders") else {}),
         **({"prompt_style": args.prompt_style} if "prompt_style" in recorded else {}),
         "storage": args.storage,
         "columns": list(COLUMNS),

@@ -13,11 +13,13 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from data_prep.errors import UserError
+from data_prep.prompts import has_placeholders
 from data_prep.render import (
     ID_COLUMNS,
     ID_SCHEMA,
     TEMPLATES_FILE,
     item_strings,
+    prompt_names,
     render_table,
     template_choice,
 )
@@ -162,6 +164,7 @@ def _render_text(root: Path, dd: datasets.DatasetDict, items: pd.DataFrame, meta
         raise PreparedDataError(f"{path}: edited after writing (sha256 differs from meta.json); prepare the data again")
     templates = json.loads(raw)["texts"]
     shown, names = item_strings(items["item_id"].to_numpy(), items["title"].to_numpy(dtype=object), meta["item_format"])
+    names, candidate_names = prompt_names(names, has_placeholders(meta))
     seed = meta["args"]["seed"]
     out = {}
     for index, split in enumerate(SPLITS):
@@ -169,7 +172,7 @@ def _render_text(root: Path, dd: datasets.DatasetDict, items: pd.DataFrame, meta
         choice = template_choice(seed, index, len(templates), ds.num_rows)
 
         def add_text(table, indices, choice=choice):
-            return render_table(table, shown, names, templates, choice[indices])
+            return render_table(table, shown, names, templates, choice[indices], candidate_names)
 
         with _no_progress_bars():
             out[split] = ds.with_format("arrow").map(

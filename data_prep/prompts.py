@@ -39,6 +39,23 @@ def item_token(item_id: int) -> str:
     return f"<item_{int(item_id)}>"
 
 
+# LLaRA's placeholders (`--item-placeholders`): after each history title and each candidate title;
+# a hybrid model replaces their input embedding by the item's projected auxiliary vector
+# (napo/hybrid/placeholders.py).
+PLACEHOLDERS = {"history": "[HistoryEmb]", "candidates": "[CansEmb]"}
+
+
+def has_placeholders(meta: dict) -> bool:
+    """Whether a prepared directory's prompts carry LLaRA's placeholders (`--item-placeholders`)."""
+    return bool(meta.get("item_placeholders", False))
+
+
+def placeholder_names(names: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(history names, candidate names): each prompt name followed by its placeholder token."""
+    return tuple(pc.binary_join_element_wise(names, pa.scalar(" " + PLACEHOLDERS[kind]), "")
+                 for kind in ("history", "candidates"))
+
+
 @dataclass
 class Templates:
     path: str

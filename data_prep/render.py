@@ -44,29 +44,38 @@ def item_strings(item_ids, titles, item_format: str) -> tuple[pa.Array, pa.Array
     return shown, prompts.display_names(shown, item_format)
 
 
+def prompt_names(names: pa.Array, placeholders: bool) -> tuple[pa.Array, pa.Array | None]:
+    """(history names, candidate names or None) for `text_columns`: with LLaRA's placeholders
+    (`--item-placeholders`) each title is followed by its kind's placeholder token."""
+    return prompts.placeholder_names(names) if placeholders else (names, None)
+
+
 def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)), values)
 
 
 def text_columns(history: pa.ListArray, target: np.ndarray, candidates: np.ndarray, shown: pa.Array,
-                 names: pa.Array, templates: list[str], choice: np.ndarray) -> dict[str, pa.Array]:
+                 names: pa.Array, templates: list[str], choice: np.ndarray,
+                 candidate_names: pa.Array | None = None) -> dict[str, pa.Array]:
     """prompt, chosen, rejected of m rows.
 
-    history: list<int64> [m]; target: int64 [m]; candidates: int64 [m, C]; choice: int64 [m].
+    history: list<int64> [m]; target: int64 [m]; candidates: int64 [m, C]; choice: int64 [m];
+    candidate_names: how the candidate list shows items (None: as `names`, the history's).
     """
     m, num_candidates = candidates.shape
     cand_list = _list_array(np.arange(m + 1) * num_candidates, pa.array(candidates.reshape(-1)))
     rejected = candidates[candidates != target[:, None]].reshape(m, num_candidates - 1)
     return {
         "prompt": prompts.render(templates, choice, prompts.join_lists(history, names),
-                                 prompts.join_lists(cand_list, names), num_candidates),
+                                 prompts.join_lists(cand_list, names if candidate_names is None else candidate_names),
+                                 num_candidates),
         "chosen": shown.take(pa.array(target)),
         "rejected": _list_array(np.arange(m + 1) * (num_candidates - 1), shown.take(pa.array(rejected.reshape(-1)))),
     }
 
 
 def render_table(table: pa.Table, shown: pa.Array, names: pa.Array, templates: list[str],
-                 choice: np.ndarray) -> pa.Table:
+                 choice: np.ndarray, candidate_names: pa.Array | None = None) -> pa.Table:
     """An id-only table (ID_COLUMNS, int32 or int64) -> int64 ids with the text columns appended."""
     table = widen(table)
     num_rows = table.num_rows
@@ -78,7 +87,7 @@ def render_table(table: pa.Table, shown: pa.Array, names: pa.Array, templates: l
         offsets = history.offsets.to_numpy()
         history = _list_array(offsets - offsets[0], history.flatten())
     target = table.column("target").to_numpy().astype(np.int64)
-    text = text_columns(history, target, candidates, shown, names, templates, choice)
+    text = text_columns(history, target, candidates, shown, names, templates, choice, candidate_names)
     for name in TEXT_COLUMNS:
         table = table.append_column(name, text[name])
     return table

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from data_prep.build import atomic_dir
 from data_prep.prepared import COLUMNS, FORMAT_VERSION, SPLITS, fingerprint
-from data_prep.prompts import item_token
+from data_prep.prompts import PLACEHOLDERS, item_token
 from data_prep.writer import FEATURES, SplitWriter, write_dataset_dict_json, write_items, write_meta
 
 _WORDS = (
@@ -32,14 +32,21 @@ def synthetic_prepared(
     num_candidates: int = 20,
     history_length: int = 5,
     item_format: str = "title",
+    item_placeholders: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Write a prepared directory (the data_prep writer, meta.json and fingerprint) to DIR; return DIR."""
+    """Write a prepared directory (the data_prep writer, meta.json and fingerprint) to DIR; return DIR.
+
+    ``item_placeholders``: title prompts with LLaRA's placeholders after each title (as
+    ``python -m data_prep --item-placeholders``)."""
     rng = random.Random(seed)
     titles = [f"{rng.choice(_WORDS)} {rng.choice(_WORDS)} ({1950 + i})" for i in range(num_items)]
 
     def name(i: int) -> str:
         return item_token(i) if item_format == "token" else titles[i]
+
+    def shown(i: int, kind: str) -> str:
+        return f"{name(i)} {PLACEHOLDERS[kind]}" if item_placeholders else name(i)
 
     splits: dict[str, list[dict]] = {}
     user = 0
@@ -54,8 +61,8 @@ def synthetic_prepared(
             candidates = rng.sample(pool, num_candidates - 1) + [target]
             rng.shuffle(candidates)
             prompt = (
-                "This user has watched " + ", ".join(name(i) for i in history)
-                + ". Which of these would they watch next? " + ", ".join(name(i) for i in candidates)
+                "This user has watched " + ", ".join(shown(i, "history") for i in history)
+                + ". Which of these would they watch next? " + ", ".join(shown(i, "candidates") for i in candidates)
                 + ". Answer:"
             )
             records.append({
@@ -75,6 +82,7 @@ def synthetic_prepared(
         "domain": "movie",
         "num_candidates": num_candidates,
         "item_format": item_format,
+        **({"item_placeholders": True} if item_placeholders else {}),
         "columns": list(COLUMNS),
         "args": {"num_items": num_items, "rows": list(rows), "seed": seed},
         "counts": {"items": num_items, "splits": {s: {"examples": len(r)} for s, r in splits.items()}},

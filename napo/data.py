@@ -112,7 +112,8 @@ def check_chat_template(tokenizer: Any, what: str = "rows") -> None:
         )
 
 
-def to_prompt_completion(split: Any, max_samples: int | None = None, tokenizer: Any = None) -> Any:
+def to_prompt_completion(split: Any, max_samples: int | None = None, tokenizer: Any = None,
+                         extra: tuple[str, ...] = ()) -> Any:
     """A split reduced to one of TRL's SFT formats.
 
     Args:
@@ -124,9 +125,10 @@ def to_prompt_completion(split: Any, max_samples: int | None = None, tokenizer: 
             deterministic); None keeps all.
         tokenizer: checked for a chat template when the rows are conversational (TRL's
             SFTTrainer renders them with it).
+        extra: other columns to keep (LLaRA's placeholders need ``history`` and ``candidates``).
     Returns:
         ``datasets.Dataset`` with exactly ``prompt`` and ``completion`` (strings or messages), or
-        exactly ``messages``.
+        exactly ``messages``; plus the ``extra`` columns.
     """
     if "messages" in split.column_names and "prompt" not in split.column_names:
         keep = ["messages"]
@@ -152,7 +154,7 @@ def to_prompt_completion(split: Any, max_samples: int | None = None, tokenizer: 
         check_chat_template(tokenizer, "SFT rows")
     if max_samples is not None:
         split = split.select(range(min(max_samples, len(split))))
-    split = split.remove_columns([c for c in split.column_names if c not in keep])
+    split = split.remove_columns([c for c in split.column_names if c not in (*keep, *extra)])
     return split.rename_column("chosen", "completion") if "chosen" in keep else split
 
 

@@ -11,6 +11,10 @@
 - :func:`hub_id_of` finds the Hub id behind what was loaded (a Hub id, a Hub cache snapshot, an
   adapter directory); a local-only model has none and the card says so.
 - :func:`push_folder` uploads a directory once (napo-export; data_prep.push does the same for datasets).
+- Hybrid item embeddings (``napo.hybrid``): the mixin saves a full model in the standard layout
+  (projected item rows baked in, no encoder keys) with the encoder's own files beside it, and
+  resumes such a model from its checkpoint; :class:`RecSFTTrainer` feeds LLaRA's placeholder
+  batches to the model as ``inputs_embeds``.
 """
 
 from __future__ import annotations
@@ -243,6 +247,45 @@ class RunCardMixin:
             return
         write_card(self.args.output_dir, self.model_card_record(model_name))
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """transformers' save, plus the hybrid item encoder's files (``napo.hybrid``) beside the
+        weights; a full model with an encoder is saved in the standard layout."""
+        from peft import PeftModel
+
+        from napo import hybrid
+        from napo.hybrid import tokens
+
+        model = self.accelerator.unwrap_model(self.model)
+        attached = hybrid.encoder_of(model) is not None
+        if state_dict is None and attached and not isinstance(model, PeftModel):
+            state_dict = tokens.plain_state_dict(model)
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            hybrid.save(model, output_dir if output_dir is not None else self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """A full model with a hybrid encoder: weights from the standard-layout checkpoint, the
+        projector from the encoder's file (transformers' loader would skip the parametrized rows)."""
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        from napo import hybrid
+        from napo.hybrid import tokens
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        encoder = hybrid.encoder_of(target)
+        if encoder is None or isinstance(target, PeftModel):  # PEFT restores modules_to_save itself
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state = load_file(str(Path(resume_from_checkpoint) / "model.safetensors"))
+        if tokens.is_parametrized(target):
+            tokens.load_plain_state_dict(target, state)
+        else:
+            missing, unexpected = hybrid.encoder.transformers_model(target).load_state_dict(state, strict=False)
+            if [k for k in missing if not k.startswith(hybrid.ENCODER_ATTR)] or unexpected:
+                raise hybrid.HybridError(f"{resume_from_checkpoint}: checkpoint does not match the model")
+        saved = hybrid.encoder.load_encoder(resume_from_checkpoint)
+        encoder.projector.load_state_dict(saved.projector.state_dict())
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save weights, tokenizer and card; never upload (``push_to_hub`` is the one upload)."""
         super().save_model(output_dir, _internal_call=True)
@@ -286,10 +329,22 @@ class RecSFTTrainer(RunCardMixin, SFTTrainer):
 
     _tag_names = ["trl", "sft", "recommendation"]
     compact_head: bool = True  # False: TRL's own choice (a full projection on CPUs), for comparisons
+    extra_columns: tuple[str, ...] = ()  # dataset columns the collator reads (placeholders: item ids)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns,
+                                   *(c for c in self.extra_columns if c not in self._signature_columns)]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if getattr(self.args, "item_softmax", False):
             return self._item_softmax_loss(model, inputs, return_outputs, num_items_in_batch)
+        if "position_items" in inputs:  # a hybrid batch of LLaRA's placeholder prompts
+            from napo.hybrid.placeholders import embed
+
+            inputs = dict(inputs)
+            items = inputs.pop("position_items")
+            inputs["inputs_embeds"] = embed(model, inputs.pop("input_ids"), items)
         if not self.compact_head:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with compact_fused_head():

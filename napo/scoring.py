@@ -482,7 +482,9 @@ def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: b
         model: a transformers causal LM (Llama, Qwen2, ...), possibly wrapped by PEFT, DDP, FSDP
             or DeepSpeed, or inside ``with model.disable_adapter():``. The forward always goes
             through the outermost wrapper.
-        batch: the output of :func:`collate_listwise` (tensors may already be on the device).
+        batch: the output of :func:`collate_listwise` (tensors may already be on the device);
+            with ``position_items`` [R, T] (LLaRA's placeholders, ``napo.hybrid.placeholders``) the
+            model gets ``inputs_embeds`` with the projected item vectors at those positions.
         length_normalize: average instead of sum over each completion's tokens (no effect with
             the ``answer`` layout, which scores one token per completion).
 
@@ -518,6 +520,10 @@ def completion_logps(model: torch.nn.Module, batch: dict, *, length_normalize: b
         inputs["attention_mask"] = batch["attention_mask"].to(device)
     else:
         raise ValueError(f"batch layout {layout!r} is not one of {LAYOUTS}")
+    if "position_items" in batch:  # LLaRA's placeholders: projected aux vectors there (napo.hybrid)
+        from napo.hybrid.placeholders import embed
+
+        inputs["inputs_embeds"] = embed(model, inputs.pop("input_ids"), batch["position_items"].to(device))
 
     selected = _keeps_selected_logits(type(inner))
     if selected:  # logits only where a completion token is predicted: [U, V]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from napo.eval.config import EvalError
+from napo.hybrid.placeholders import placeholder_ids, scoring_items, uses_placeholders
 from napo.scoring import collate_listwise, completion_logps, tokenize_listwise
 
 
@@ -161,6 +162,7 @@ class TitleCatalogue:
         self.prompt_encodings = 0  # one per row and chunk: the packed row holds the prompt once
         self.rows_scored = 0
         self._tails: dict = {}  # catalogue_completions' cache, kept across batches
+        self.placeholder_ids = placeholder_ids(tokenizer) if uses_placeholders(model) else None
 
     @property
     def num_items(self) -> int:
@@ -183,6 +185,9 @@ class TitleCatalogue:
                          "completion_ids": [r["completion_ids"][position[i]] for i in items]}
                         for r, items in zip(rows, chunk, strict=True)]
             collated = collate_listwise(examples, self.pad_token_id, self.layout)
+            if self.placeholder_ids is not None:  # LLaRA's placeholders get the projected item vectors
+                collated["position_items"] = scoring_items(collated, batch["history"], batch["candidates"],
+                                                           self.placeholder_ids)
             logps, _ = completion_logps(self.model, collated)
             out[:, start: start + logps.shape[1]] = logps.float().cpu()
             self.prompt_encodings += len(prompts)

@@ -18,6 +18,7 @@ import torch
 from transformers import GenerationConfig
 
 from napo.eval.rows import candidate_completions
+from napo.hybrid.placeholders import embed, placeholder_ids, position_items, uses_placeholders
 from napo.scoring import left_padded_prompts, tokenize_listwise
 
 
@@ -86,6 +87,7 @@ class GreedyGenerator:
         self.completion_prefix = completion_prefix
         self.max_prompt_length = max_prompt_length
         self.generation_config = greedy_config(tokenizer, max_new_tokens)
+        self.placeholder_ids = placeholder_ids(tokenizer) if uses_placeholders(model) else None
 
     def prompt_ids(self, batch: dict[str, list]) -> list[list[int]]:
         """The prompt token ids of each example, identical to those the `rank` scorer uses."""
@@ -103,11 +105,17 @@ class GreedyGenerator:
         pad = self.generation_config.pad_token_id
         input_ids, attention_mask = left_pad(prompts, pad)
         device = next(self.model.parameters()).device
+        extra = {}
+        if self.placeholder_ids is not None:  # LLaRA: the prompt goes in as embeddings (napo.hybrid)
+            rows = [{"history": h, "candidates": c} for h, c in zip(batch["history"], batch["candidates"], strict=True)]
+            items = position_items(input_ids, rows, self.placeholder_ids)
+            extra["inputs_embeds"] = embed(self.model, input_ids.to(device), items.to(device))
         with use_generation_config(self.model, self.generation_config):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 generation_config=self.generation_config,
+                **extra,
             )
         generated = out[:, input_ids.shape[1]:].cpu().tolist()
         eos = self.generation_config.eos_token_id

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from napo.eval.rows import candidate_completions
+from napo.hybrid.placeholders import placeholder_ids, scoring_items, uses_placeholders
 from napo.scoring import collate_listwise, completion_logps, tokenize_listwise
 
 
@@ -52,6 +53,7 @@ class LikelihoodScorer:
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
         self.pad_token_id = pad
+        self.placeholder_ids = placeholder_ids(tokenizer) if uses_placeholders(model) else None
 
     def tokenize(self, batch: dict[str, list]) -> list[dict]:
         """prompt_ids and the C completion_ids (title + EOS) of each example of the batch."""
@@ -68,5 +70,8 @@ class LikelihoodScorer:
         """Scores [n, C] float32 on the CPU: log-likelihood of each candidate (candidate order)."""
         examples = self.tokenize(batch)
         collated = collate_listwise(examples, self.pad_token_id, self.layout)
+        if self.placeholder_ids is not None:  # LLaRA's placeholders get the projected item vectors
+            collated["position_items"] = scoring_items(collated, batch["history"], batch["candidates"],
+                                                       self.placeholder_ids)
         logps, _ = completion_logps(self.model, collated, length_normalize=self.length_normalize)
         return logps.float().cpu()

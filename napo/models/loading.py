@@ -11,6 +11,10 @@ What is honoured: ``dtype``, ``attn_implementation``, ``model_revision`` and QLo
 (``load_in_4bit`` / ``load_in_8bit`` ... through ``trl.get_quantization_config``) from
 ``ModelConfig``; ``trust_remote_code``, ``gradient_checkpointing`` (turns off the KV cache) and
 ``model_init_kwargs`` from the training config. ``trust_remote_code`` is False unless asked for.
+
+Hybrid item embeddings (``napo.hybrid``): a model or adapter directory saved with
+``hybrid_items.json`` gets its item encoder attached again on load (from the base directory, else
+from the adapter directory) before any adapter is applied, so PEFT finds the projector it saved.
 """
 
 from __future__ import annotations
@@ -155,15 +159,28 @@ def load_model_and_tokenizer(
         if not base_path:
             raise ModelLoadError(f"{Path(path) / ADAPTER_CONFIG} names no base_model_name_or_path")
         kwargs.pop("revision", None)  # the revision belongs to the adapter id, not to its base
-        model = PeftModel.from_pretrained(_load_base(base_path, kwargs), path, is_trainable=not merge_adapter)
+        base = _load_base(base_path, kwargs)
+        restore_hybrid(base, base_path, path)
+        model = PeftModel.from_pretrained(base, path, is_trainable=not merge_adapter)
         if merge_adapter:
             model = model.merge_and_unload()
     else:
         model = _load_base(path, kwargs)
+        restore_hybrid(model, path)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def restore_hybrid(model: Any, *directories: str | Path | None) -> None:
+    """Attach the hybrid item encoder saved in the first of ``directories`` that has one."""
+    from napo import hybrid
+
+    for directory in directories:
+        if directory is not None and Path(directory).is_dir() and hybrid.has_files(directory):
+            hybrid.restore(model, directory)
+            return
 
 
 def resolve_adapter(name_or_path: str, revision: str | None = None) -> str:
@@ -205,7 +222,12 @@ def load_for_evaluation(args: Any) -> tuple[Any, Any]:
         adapter = resolve_adapter(args.adapter)  # a local dir, or the Hub adapter's snapshot
         if (Path(adapter) / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(adapter)
+        restore_hybrid(model, adapter)  # when the base had none (a LoRA SFT of a Hub model)
         model = PeftModel.from_pretrained(model, adapter)
         if not args.load_in_4bit:
             model = model.merge_and_unload()
+    from napo.hybrid import tokens
+
+    if tokens.is_parametrized(model) and not args.load_in_4bit:
+        tokens.materialize(model)  # the projected rows baked in: same scores, no projection per forward
     return model, tokenizer

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import UserError
-from data_prep.prompts import item_token
+from data_prep.prompts import PLACEHOLDERS, item_token
 
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -45,7 +45,7 @@ PAD_TOKEN = "<pad>"
 # Fixed ids 0, 1, 2 (in this order) for the special tokens.
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
 ARCHITECTURES = ("llama", "qwen2")
-_ITEM_TOKEN_RE = re.compile(r"<item_\d+>")
+_ITEM_TOKEN_RE = re.compile(r"<item_\d+>|" + "|".join(re.escape(t) for t in PLACEHOLDERS.values()))
 # Rows per split used to train the tokenizer and to measure prompt lengths: the template text
 # repeats in every prompt and every title is in the corpus anyway, so a sample is enough and
 # keeps the build at a few seconds on ml-100k-sized data.
@@ -64,8 +64,8 @@ def _sample_rows(split: Any, limit: int) -> Any:
 def training_corpus(dataset: Any, titles: Sequence[str], *, sample_rows: int = _SAMPLE_ROWS) -> list[str]:
     """Texts the BPE tokenizer is trained on: item titles, then prompts and chosen of a sample.
 
-    Item tokens (``<item_N>``) are removed from the texts: they become added tokens, so spending
-    BPE merges on them would only waste vocabulary.
+    Item tokens (``<item_N>``) and LLaRA's placeholders are removed from the texts: they become
+    added tokens, so spending BPE merges on them would only waste vocabulary.
     """
     texts = [str(t) for t in titles]
     for name in sorted(dataset.keys()):
@@ -97,12 +97,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8000) -> Any:
     return tokenizer
 
 
-def wrap_tokenizer(backend: Any, item_ids: Sequence[int] = (), padding_side: str = "right") -> Any:
+def wrap_tokenizer(backend: Any, item_ids: Sequence[int] = (), padding_side: str = "right",
+                   placeholders: bool = False) -> Any:
     """Wrap a trained ``tokenizers.Tokenizer`` as a transformers fast tokenizer.
 
     BOS is prepended by the post-processor (``add_bos_token=True``), EOS is defined but not
     appended, the pad token is ``<pad>`` (distinct from EOS). ``item_ids`` become one added token
-    each, in the given order, after the BPE vocabulary.
+    each, in the given order, after the BPE vocabulary; with ``placeholders`` LLaRA's placeholder
+    tokens (``data_prep.prompts.PLACEHOLDERS``) are added last, as special tokens.
     """
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
@@ -127,6 +129,9 @@ def wrap_tokenizer(backend: Any, item_ids: Sequence[int] = (), padding_side: str
             for i in item_ids
         ]
         tokenizer.add_tokens(added)
+    if placeholders:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS.values())},
+                                     replace_extra_special_tokens=False)
     return tokenizer
 
 
@@ -195,6 +200,7 @@ def build_tiny_from_data(
     item_tokens: bool = False,
     seed: int = 0,
     padding_side: str = "right",
+    placeholders: bool = False,
     source: dict | None = None,
 ) -> dict:
     """Build and save the tokenizer and the random-init model from in-memory data.
@@ -217,7 +223,8 @@ def build_tiny_from_data(
     if not any(t.strip() for t in texts):
         raise TinyModelError("the dataset has no text to train a tokenizer on: check its prompts and titles")
     backend = train_bpe(texts, vocab_size=vocab_size)
-    tokenizer = wrap_tokenizer(backend, item_ids if item_tokens else (), padding_side=padding_side)
+    tokenizer = wrap_tokenizer(backend, item_ids if item_tokens else (), padding_side=padding_side,
+                               placeholders=placeholders)
 
     longest = max_prompt_tokens(tokenizer, dataset)
     # RoPE has no learned positions, so a generous bound costs nothing; 2x covers unsampled rows.
@@ -255,6 +262,7 @@ def build_tiny_from_data(
         "vocab_size": len(tokenizer),
         "item_tokens": bool(item_tokens),
         "num_item_tokens": len(item_ids) if item_tokens else 0,
+        "placeholders": bool(placeholders),
         "max_sampled_sequence_tokens": longest,
         "max_position_embeddings": max_positions,
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -271,9 +279,11 @@ def build_tiny_model(dataset_dir: str | Path, output_dir: str | Path, **kw: Any)
     """Build the tiny model + tokenizer from a prepared dataset directory (see docs/contracts.md).
 
     Keyword arguments are those of :func:`build_tiny_from_data`. With ``item_tokens=True`` on a
-    title-format dataset the item tokens are still added (they are then simply unused).
+    title-format dataset the item tokens are still added (they are then simply unused). A dataset
+    with LLaRA's placeholders (``data_prep --item-placeholders``) gets them as special tokens.
     """
     from data_prep.prepared import load_prepared
+    from data_prep.prompts import has_placeholders
 
     dataset, items, meta = load_prepared(dataset_dir)
     source = {
@@ -282,6 +292,7 @@ def build_tiny_model(dataset_dir: str | Path, output_dir: str | Path, **kw: Any)
         "item_format": meta.get("item_format"),
         "fingerprint": meta.get("fingerprint"),
     }
+    kw.setdefault("placeholders", has_placeholders(meta))
     return build_tiny_from_data(dataset, items, output_dir, source=source, **kw)
 
 

@@ -76,9 +76,11 @@ def export(args: ExportArguments) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from napo import hybrid
     from napo.cards import read_card, write_card
     from napo.hub import hub_id_of
-    from napo.models.loading import load_tokenizer, resolve_adapter
+    from napo.hybrid import tokens
+    from napo.models.loading import load_tokenizer, resolve_adapter, restore_hybrid
 
     adapter = resolve_adapter(args.adapter)
     config = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text())
@@ -93,9 +95,16 @@ def export(args: ExportArguments) -> Path:
             f"cannot reach the base model {base!r} of adapter {args.adapter!r}: {str(err).splitlines()[0]} "
             "(check network access, or pass --base_model with a local copy)"
         ) from err
+    restore_hybrid(model, base, adapter)  # a hybrid projector saved by the adapter needs its module
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     out = Path(args.output_dir)
-    merged.save_pretrained(out)
+    if tokens.is_parametrized(merged):
+        tokens.materialize(merged)  # hybrid item tokens: the trained projection baked into the rows
+    if hybrid.encoder_of(merged) is not None:  # LLaRA's placeholders: the encoder travels with the model
+        merged.save_pretrained(out, state_dict=tokens.plain_state_dict(merged))
+        hybrid.save(merged, out)
+    else:
+        merged.save_pretrained(out)
     tokenizer_dir = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
     load_tokenizer(tokenizer_dir, trust_remote_code=args.trust_remote_code).save_pretrained(out)
 

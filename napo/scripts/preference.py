@@ -31,6 +31,7 @@ from dataclasses import asdict, replace
 from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
+from napo import hybrid
 from napo.cards import command_line, dataset_facts
 from napo.checkpoints import claim_output_dir, clear_previous_run, resolve_resume
 from napo.config import AdapterArguments, DatasetArguments, NAPOConfig
@@ -54,8 +55,9 @@ from napo.utils import write_run_info
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys, bad values and invalid settings stop
     # with one line (sharing / margin asked on data that cannot have item ids: said so).
-    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig, GuardArguments))
-    data_args, adapter_args, training_args, model_args, guard_args = parser.parse(
+    parser = ScriptParser((DatasetArguments, AdapterArguments, NAPOConfig, ModelConfig, GuardArguments,
+                           hybrid.HybridArguments))
+    data_args, adapter_args, training_args, model_args, guard_args, hybrid_args = parser.parse(
         argv, explain=lambda err: explain_missing_item_ids(err, argv if argv is not None else sys.argv[1:]))
 
     # Environment, output_dir and data first (each fails before a model loads), then the model.
@@ -78,7 +80,14 @@ def main(argv=None):
         base = base_model_facts(sft)  # the base model's Hub id (None for a local-only model)
         peft_config = None if is_adapter_dir(sft) else get_peft_config(model_args)
         check_item_tokens(tokenizer, meta, items)
-
+        # Hybrid item embeddings: restored from the SFT output when it was saved with them (the
+        # projector then trains on in the policy: modules_to_save), or built here (item_embeddings aux).
+        encoder = hybrid.prepare(model, tokenizer, hybrid_args, meta=meta, items=items,
+                                 aux_dir=hybrid_args.item_aux_dir or training_args.aux_dir, seed=training_args.seed)
+        if encoder is not None and encoder.form == "placeholders":
+            raise hybrid.HybridError("preference training of LLaRA placeholder models is not built (the listwise "
+                                     "scorer does not place the projected vectors yet); evaluate the SFT model")
+        peft_config = hybrid.peft_settings(peft_config, model, encoder)
         # Trainer: reads TRL's formats, checks num_negatives against the rows, and checks that the
         # distributed strategy running is the one the launch asked for.
         trainer = NAPOTrainer(
@@ -108,6 +117,7 @@ def main(argv=None):
             "model": asdict(model_args),
             "guards": asdict(guard_args),
             "distributed": trainer.strategy,
+            "hybrid": asdict(hybrid_args),
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from trl import ModelConfig, get_peft_config
 
 from data_prep.errors import UserError
+from napo import hybrid
 from napo.cards import command_line, dataset_facts
 from napo.checkpoints import claim_output_dir, clear_previous_run, resolve_resume
 from napo.config import DatasetArguments, RecSFTConfig
@@ -34,6 +35,7 @@ from napo.data import TrainingDataError, check_item_tokens, load_training_data, 
 from napo.distributed import describe
 from napo.guards import GuardArguments, attach_guards
 from napo.hub import RecSFTTrainer, base_model_facts
+from napo.hybrid import placeholders
 from napo.models.loading import load_model_and_tokenizer, load_tokenizer
 from napo.preflight import HUB_ERRORS, check_environment, hub_failure
 from napo.scripts.parser import ScriptParser, fail
@@ -42,8 +44,8 @@ from napo.utils import write_run_info
 
 def main(argv=None):
     # Parse: YAML (--config) + command line; unknown keys and bad values stop the run with file:line:column.
-    parser = ScriptParser((DatasetArguments, RecSFTConfig, ModelConfig, GuardArguments))
-    data_args, training_args, model_args, guard_args = parser.parse(argv)
+    parser = ScriptParser((DatasetArguments, RecSFTConfig, ModelConfig, GuardArguments, hybrid.HybridArguments))
+    data_args, training_args, model_args, guard_args, hybrid_args = parser.parse(argv)
 
     # Environment, output_dir, data and tokenizer checked first, then the model (dtype, QLoRA
     # quantization, attention implementation, pad token): a missing package, another run in the
@@ -62,16 +64,29 @@ def main(argv=None):
         )
         check_item_tokens(tokenizer, meta, items)
         # Prompt/completion pairs (or chat messages, which TRL renders with the chat template): TRL
-        # appends EOS to the completion and masks the prompt out of the loss.
+        # appends EOS to the completion and masks the prompt out of the loss. Checked before any
+        # weights load; LLaRA's placeholder form also needs each row's history and candidates.
         for split in [data_args.train_split] + ([data_args.eval_split] if training_args.eval_strategy != "no" else []):
             if split not in dataset:
                 raise TrainingDataError(f"{data_args.source}: no split {split!r} (has {', '.join(dataset)})")
-        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples, tokenizer)
+        item_columns = tuple(c for c in ("history", "candidates") if c in dataset[data_args.train_split].column_names)
+        train_dataset = to_prompt_completion(dataset[data_args.train_split], data_args.max_train_samples, tokenizer,
+                                             item_columns)
         eval_dataset = None
         if training_args.eval_strategy != "no":
-            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples, tokenizer)
+            eval_dataset = to_prompt_completion(dataset[data_args.eval_split], data_args.max_eval_samples, tokenizer,
+                                                item_columns)
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
         base = base_model_facts(model_args.model_name_or_path)  # the base's Hub id, recorded at load time
+        # Hybrid item embeddings (item_embeddings: aux): the aux model's item vectors through a projector.
+        encoder = hybrid.prepare(model, tokenizer, hybrid_args, meta=meta, items=items,
+                                 aux_dir=hybrid_args.item_aux_dir, seed=training_args.seed)
+        peft_config = hybrid.peft_settings(get_peft_config(model_args), model, encoder)  # + the projector
+        llara = placeholders.uses_placeholders(model)
+        keep = ("history", "candidates") if llara else ()
+        if not llara and item_columns:  # text-only training: exactly TRL's columns
+            train_dataset = train_dataset.remove_columns(list(item_columns))
+            eval_dataset = eval_dataset.remove_columns(list(item_columns)) if eval_dataset is not None else None
 
         # Trainer (LoRA adapter from ModelConfig when use_peft is set); it checks that the
         # distributed strategy running is the one the launch asked for.
@@ -81,13 +96,19 @@ def main(argv=None):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
-            peft_config=get_peft_config(model_args),
+            peft_config=peft_config,
         )
     except UserError as err:
         fail(err)
     except HUB_ERRORS as err:  # creating the Hub repo (push_to_hub)
         fail(hub_failure(err, training_args.output_dir))
     trainer.accelerator.print(f"Distributed strategy: {describe(trainer.strategy)}")
+    if llara:  # LLaRA's curriculum: hybrid batches (placeholders -> projected aux vectors) or text-only
+        trainer.extra_columns = keep
+        trainer.data_collator = placeholders.CurriculumCollator(
+            trainer.data_collator, placeholders.placeholder_ids(tokenizer), hybrid_args.hybrid_curriculum,
+            seed=training_args.seed)
+        trainer.add_callback(placeholders.curriculum_callback(trainer.data_collator))
     rows = {"train": len(train_dataset), **({"eval": len(eval_dataset)} if eval_dataset is not None else {})}
     trainer.card_info = {**base, "command": command_line(argv, "napo-sft"),
                          "dataset": dataset_facts(data_args.source, meta, rows)}
@@ -101,6 +122,7 @@ def main(argv=None):
             "model": asdict(model_args),
             "guards": asdict(guard_args),
             "distributed": trainer.strategy,
+            "hybrid": asdict(hybrid_args),
         }
         write_run_info(training_args.output_dir, config, seed=training_args.seed)
 
