@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,10 @@ def run(root: Path, name: str, data: Path, model: Path, batch: int, launch: list
     script = [str(REPO / "recipes" / "napo.py"), "--config", str(path)]
     cmd = [*launch, *script] if launch else [sys.executable, *script]
     path_env = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": path_env})
+    env = {**os.environ, "PYTHONPATH": path_env}
+    if launch and not torch.cuda.is_available():
+        env.setdefault("ACCELERATE_USE_CPU", "true")  # without it accelerate's CPU workers each run alone
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     if proc.returncode != 0:
         return {"ok": False, "error": errors[0] if errors else proc.stderr.strip().splitlines()[-1:]}

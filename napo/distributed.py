@@ -101,8 +101,8 @@ def check_strategy(accelerator: Any) -> dict[str, Any]:
     if want["world_size"] != got["world_size"]:
         raise StrategyError(
             f"the launch started {want['world_size']} processes but each runs alone ({describe(got)}): they would "
-            "train independently and overwrite one output_dir; on CPU set ACCELERATE_USE_CPU=true (or use_cpu true), "
-            "see accelerate_configs/cpu_2proc.yaml"
+            "train independently and overwrite one output_dir; on CPU launch with ACCELERATE_USE_CPU=true in the "
+            "environment (the config file's use_cpu alone does not reach the workers), see accelerate_configs/cpu_2proc.yaml"
         )
     if want["strategy"] in ("FSDP", "DeepSpeed") and want["strategy"] != got["strategy"]:
         cpu = " (accelerate runs FSDP and DeepSpeed on accelerator devices only; on CPU they fall back to DDP)" \

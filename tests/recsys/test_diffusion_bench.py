@@ -17,9 +17,9 @@ try:
 except SystemExit as stop:
     assert not stop.code, stop.code
 import napo.recsys.diffusion as new
-old = sys.modules["napo_old.recsys.diffusion"]
+old = sys.modules.get("napo_old.recsys.diffusion")
 assert old.DiffusionRec is not new.DiffusionRec
-assert old.SeqRecommender is sys.modules["napo_old.recsys.models"].SeqRecommender
+assert old.SeqRecommender is sys.modules.get("napo_old.recsys.models").SeqRecommender
 assert "napo_old.recsys.data" in sys.modules
 print("LOADED", old.__file__)
 """
