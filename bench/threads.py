@@ -9,9 +9,11 @@ ONE epoch of `recipes/configs/ml-100k/sasrec.yaml` with the demo's overrides (`-
 --max_minutes 0`, the config's `threads: 2`) and its validation, as the recipe's fit does, and
 reports the fit's seconds. Variants:
 
-    before    threads 2, thread_policy fixed, OMP_WAIT_POLICY unset (the settings before the policy)
-    after     threads 2 as the limit, thread_policy adaptive, OMP_WAIT_POLICY=PASSIVE (napo's default)
-    adaptive-spin   the adaptive policy with OMP_WAIT_POLICY unset (to tell the two changes apart)
+    before    threads 2, thread_policy fixed (the settings before the policy)
+    after     threads 2 as the limit, thread_policy adaptive (napo's default)
+    adaptive-passive   the adaptive policy with OMP_WAIT_POLICY=PASSIVE (measured out: slower alone,
+                       no faster beside busy processes; napo.threads)
+OMP_WAIT_POLICY is unset in every variant but adaptive-passive.
 
 Conditions: alone, beside one and beside two single-threaded busy processes (`while True: pass`,
 started before the measurement and killed after it). The variants alternate within each
@@ -36,27 +38,23 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "recipes" / "configs" / "ml-100k" / "sasrec.yaml"
 VARIANTS = {  # name -> (thread_policy, OMP_WAIT_POLICY or None = unset)
     "before": ("fixed", None),
-    "after": ("adaptive", "PASSIVE"),
-    "adaptive-spin": ("adaptive", None),
+    "after": ("adaptive", None),
+    "adaptive-passive": ("adaptive", "PASSIVE"),
 }
 BUSY = "while True: pass"
 
 
 def child(args) -> int:
     """Train one epoch in this process and print {"seconds", "threads"} as JSON."""
-    import napo  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE unless the environment has a value)
-
-    if os.environ.get("BENCH_UNSET_WAIT_POLICY"):
-        os.environ.pop("OMP_WAIT_POLICY", None)  # before torch loads: the runtime's default
     import torch
 
     from napo.recsys.data import load_dataset_dir
     from napo.recsys.train import RecConfig, RecRunArguments, fit, make_model
-    from napo.scripts.parser import ScriptParser
+    from napo.scripts.parser import StrictParser
     from napo.utils import set_seed
 
     policy = VARIANTS[args.variant][0]
-    _, cfg = ScriptParser((RecRunArguments, RecConfig)).parse(
+    _, cfg = StrictParser((RecRunArguments, RecConfig)).parse(
         ["--config", str(CONFIG), "--dataset_dir", args.dataset_dir, "--output_dir", "unused",
          "--lr", "0.003", "--max_minutes", "0", "--max_epochs", "1", "--thread_policy", policy])
     set_seed(cfg.seed)
@@ -73,11 +71,9 @@ def child(args) -> int:
 
 
 def measure(variant: str, busy: int, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "BENCH_UNSET_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     wait = VARIANTS[variant][1]
-    if wait is None:
-        env["BENCH_UNSET_WAIT_POLICY"] = "1"
-    else:
+    if wait is not None:
         env["OMP_WAIT_POLICY"] = wait
     env.pop("OMP_NUM_THREADS", None)  # the config's threads decide, as in a fresh shell
     hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]

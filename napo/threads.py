@@ -27,10 +27,10 @@ runs of one seed are bit-identical only when they used the same counts; run.json
 count of every epoch (`history[].threads`), and `thread_policy: fixed` (or `threads: 1`) makes
 reruns exact whatever the load.
 
-OMP_WAIT_POLICY: napo/__init__.py sets PASSIVE unless the environment already has a value, so a
-thread that waits at a barrier sleeps instead of spinning on a core that a descheduled partner
-(or a neighbour) needs. The OpenMP runtime reads it once, when torch is first imported, so it only
-takes effect in processes that import napo before torch (every napo script and recipe does).
+OMP_WAIT_POLICY is left to the environment. A PASSIVE policy (threads sleep at a barrier instead of
+spinning) was the first half of this fix and was measured out (bench/threads.py, 2026-12-07, the
+demo's SASRec epoch on 2 cores): alone it cost 1.3-1.5x (14.2-16.8 s against 10.8-12.7 s), and
+beside two busy processes it bought nothing over the adaptive count alone (21.2 s against 20.3 s).
 """
 
 from __future__ import annotations
