@@ -45,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
                    help="candidates: the prompt lists the candidates (the papers'); history: the history "
                         "only (data_prep/templates/history/), for full-catalogue ranking; the candidate "
                         "lists are drawn identically either way")
+    p.add_argument("--train-prefixes", action="store_true",
+                   help="seq-txt only: one training row per position of each training line (history "
+                        "i1..i(k-1) -> target ik for every k with >= --min-history items, the history cut "
+                        "to --max-history), each with its own candidates; as SASRec's all_positions sees "
+                        "them. Valid/test rows are unchanged. The other sources are windowed already")
     p.add_argument("--storage", default="ids",
                    help="ids (store ids; prompt/chosen/rejected rendered on load, a tenth of the disk) | text")
     p.add_argument("--protocol", default="sequential",

@@ -41,6 +41,10 @@ from data_prep.writer import (
 # Arguments that change nothing in the output; they stay out of meta.json and its fingerprint.
 _NOT_CONTENT = {"output_dir", "overwrite", "quiet"}
 CHUNK_ROWS = 200_000
+# Presplit sources whose training rows are one per sequence (its last position), which
+# --train-prefixes expands to every position. lastfm-llara is released windowed already, and the
+# interaction sources are windowed here under every --split.
+PREFIX_DATASETS = ("seq-txt",)
 # Threads that build prompt tables while the main thread samples and writes.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -82,6 +86,13 @@ def check_args(args: argparse.Namespace) -> None:
     if args.item_placeholders and args.item_format != "title":
         raise DataPrepError("--item-placeholders goes after titles (--item-format title); item tokens take the "
                             "auxiliary vectors directly (napo-sft --item_embeddings aux)")
+    args.train_prefixes = bool(getattr(args, "train_prefixes", False))
+    if args.train_prefixes and args.dataset not in PREFIX_DATASETS:
+        raise DataPrepError(
+            f"--train-prefixes expands the one-row-per-user training lines of --dataset seq-txt; "
+            f"--dataset {args.dataset} already makes every position of a training sequence a row "
+            "(sliding windows), so drop the flag"
+        )
     args.prompt_style = getattr(args, "prompt_style", "candidates")
     if args.prompt_style not in prompts.PROMPT_STYLES:
         raise DataPrepError(f"unknown --prompt-style '{args.prompt_style}'; choose candidates or history")
@@ -91,7 +102,9 @@ def make_examples(src: SourceData, args: argparse.Namespace) -> tuple[dict[str, 
     """Sequences + split. Returns (examples per split, train_count per catalogue item, counts)."""
     n_items = len(src.items)
     if src.examples is not None:
-        split_ex = {s: sequences.clip_presplit(src.examples[s], args.min_history, args.max_history)
+        # --train-prefixes: every position of a training line is a row (valid/test rows unchanged).
+        split_ex = {s: (sequences.prefix_examples if s == "train" and args.train_prefixes
+                        else sequences.clip_presplit)(src.examples[s], args.min_history, args.max_history)
                     for s in SPLITS}
         users = int(sum(len(np.unique(e.user_id)) for e in src.examples.values()))
         interactions = None
@@ -249,6 +262,8 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: 
     # Left out when off, so a directory prepared before the option existed keeps its fingerprint.
     if not recorded.get("item_placeholders"):
         recorded.pop("item_placeholders", None)
+    if not recorded.get("train_prefixes"):
+        recorded.pop("train_prefixes", None)
     # The default prompt style is left out, so a directory prepared before the option existed
     # keeps its fingerprint (and the auxiliary outputs made for it stay valid).
     if recorded.get("prompt_style") == "candidates":
@@ -261,6 +276,8 @@ def make_meta(args, src: SourceData, info: dict, split_info: dict, tmpl, files: 
         "item_format": args.item_format,
         **({"item_placeholders": True} if recorded.get("item_placeholders") else {}),
         **({"prompt_style": args.prompt_style} if "prompt_style" in recorded else {}),
+        # Training rows: one per prefix of each training sequence (absent: as the source gives them).
+        **({"train_prefixes": True} if recorded.get("train_prefixes") else {}),
         "storage": args.storage,
         "columns": list(COLUMNS),
         "args": recorded,

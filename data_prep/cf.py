@@ -90,6 +90,9 @@ def build_cf(args: argparse.Namespace) -> dict:
     """Run the CF protocol; returns meta (also written to DIR/meta.json)."""
     from data_prep.build import atomic_dir, check_output_dir, package_version
 
+    if getattr(args, "train_prefixes", False):
+        raise DataPrepError("--train-prefixes makes sequential rows (history -> next item); --protocol cf "
+                            "splits each user's item set and has no positions, so drop the flag")
     out = check_output_dir(args)
     src = load_source(args)
     items = src.items.sort_values("item_id").reset_index(drop=True)

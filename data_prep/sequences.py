@@ -173,6 +173,28 @@ def clip_presplit(ex: Examples, min_history: int, max_history: int) -> Examples:
     return Examples(ex.user_id, ex.target, offsets, ex.hist_values[gather])
 
 
+def prefix_examples(ex: Examples, min_history: int, max_history: int) -> Examples:
+    """Presplit rows, one per sequence, -> one row per prefix of each sequence.
+
+    Row r stands for the sequence `history_r + [target_r]` = i1 .. in; it becomes the rows
+    (i1 .. i(k-1) -> ik) for every k whose history has at least `min_history` items, each
+    history cut to its last `max_history` items: the sliding windows of `windows`, with the
+    sequence in place of the user. Rows keep their sequence's user id and come in sequence
+    order, then position order; the last row of a sequence is its `clip_presplit` row.
+    """
+    lo, hi = int(ex.hist_offsets[0]), int(ex.hist_offsets[-1])
+    hist = ex.hist_values[lo:hi]
+    lengths = np.diff(ex.hist_offsets) + 1  # history + target
+    seq = np.repeat(np.arange(len(ex), dtype=np.int64), lengths)
+    item = np.empty(int(lengths.sum()), dtype=np.result_type(hist.dtype, ex.target.dtype))
+    is_target = np.zeros(len(item), dtype=bool)
+    is_target[np.cumsum(lengths) - 1] = True
+    item[is_target] = ex.target
+    item[~is_target] = hist
+    rows, _, _ = windows(seq, item, min_history, max_history)
+    return Examples(ex.user_id[rows.user_id], rows.target, rows.hist_offsets, rows.hist_values)
+
+
 def train_counts(user: np.ndarray, item: np.ndarray, ts: np.ndarray, method: str, seed: int,
                  n_users: int, catalogue_size: int, ratios=(0.8, 0.1, 0.1)) -> np.ndarray:
     """Interactions per item that belong to training data under `method` ([n_items] int64)."""

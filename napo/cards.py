@@ -8,7 +8,7 @@ evaluates and renders it again. Nothing here touches the network.
 Record keys: ``method`` (a key of :data:`METHODS` or a recommender name such as ``SASRec``),
 ``model_name``, ``base_model`` (Hub id or None), ``base_model_path`` (what was loaded),
 ``init_adapter``, ``adapter`` (LoRA settings or None), ``quantization`` (or None), ``dataset``
-(name, protocol, item_format, num_candidates, fingerprint, rows), ``objective`` (settings as
+(name, protocol, item_format, num_candidates, fingerprint, train_rows, rows), ``objective`` (settings as
 trained: ``num_negatives`` is the K the data gave, ``rejected_per_row`` what it had), ``training``
 (settings, what set the length, epochs trained, the distributed strategy that ran), ``results``
 (final training metrics), ``evaluations`` (list of rows), ``command``, ``versions``.
@@ -355,6 +355,8 @@ def dataset_facts(source: str, meta: dict, rows: dict[str, int] | None = None) -
         "num_candidates": meta.get("num_candidates"),
         "fingerprint": meta.get("fingerprint"),
     }
+    if meta.get("train_prefixes"):  # data_prep --train-prefixes
+        facts["train_rows"] = "one per prefix of each training sequence"
     if rows:
         facts["rows"] = ", ".join(f"{k} {v}" for k, v in rows.items())
     if meta.get("source") == "dataset_name" and not Path(source).exists():
