@@ -138,3 +138,16 @@ def test_refused_where_rows_are_not_per_user(tmp_path, log_files, seq_dir, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and needle in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_amazon_beauty_prefixes(shared_data, tmp_path):
+    src = shared_data / "amazon-seq" / "Beauty"
+    common = ["--dataset", "seq-txt", "--input-dir", src, "--item-format", "token", "--quiet"]
+    assert main([str(a) for a in [*common, "--train-prefixes", "--output-dir", tmp_path / "p"]]) == 0
+    assert main([str(a) for a in [*common, "--output-dir", tmp_path / "plain"]]) == 0
+    dd, _, _ = load_prepared(tmp_path / "p", text=False)
+    plain, _, _ = load_prepared(tmp_path / "plain", text=False)
+    lengths = np.array([len(x.split()) for x in (src / "train_data.txt").read_text().splitlines()])
+    assert dd["train"].num_rows == int(np.maximum(lengths - 3, 0).sum())  # default --min-history 3
+    for split in ("valid", "test"):
+        assert dd[split].to_dict() == plain[split].to_dict()
