@@ -29,7 +29,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import (
+    HfArgumentParser,  # (not the package root: no PEFT / bitsandbytes import)
+)
 
 # Top-level YAML keys the parser itself consumes (not dataclass fields).
 RESERVED_KEYS = ("env",)
@@ -94,6 +96,12 @@ def _value_problem(action: argparse.Action, value: Any) -> str | None:
     return None
 
 
+def _is_training_arguments(cls: type) -> bool:
+    """Whether ``cls`` derives from transformers' TrainingArguments, told without importing it (that
+    import loads PEFT and bitsandbytes, which napo-recsys does not need)."""
+    return any(c.__name__ == "TrainingArguments" and c.__module__.startswith("transformers") for c in cls.__mro__)
+
+
 class StrictParser(HfArgumentParser):
     """``HfArgumentParser`` over ``dataclass_types`` with a strict YAML ``--config`` (see module doc)."""
 
@@ -118,7 +126,7 @@ class StrictParser(HfArgumentParser):
         for cls in owner.values():
             if cls.__module__.split(".")[0] in _OURS and cls not in ours:
                 ours.append(cls)
-        ours.sort(key=lambda c: not issubclass(c, TrainingArguments))  # the training config's own fields first
+        ours.sort(key=lambda c: not _is_training_arguments(c))  # the training config's own fields first
         groups: dict[Any, argparse._ArgumentGroup] = {}
         for cls in ours:
             summary = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".") if cls.__doc__ else ""

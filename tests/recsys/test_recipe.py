@@ -95,13 +95,14 @@ def test_bad_flag_and_bad_value(tmp_path, cycle_dataset, capsys):
 
 @pytest.mark.slow  # a fresh interpreter: ~5 s
 def test_recsys_script_does_not_import_trl(cycle_dataset, tmp_path):
-    """The id-recommender script pays for no LLM trainer stack (and runs where TRL is missing)."""
+    """The id-recommender script pays for no LLM trainer stack (no TRL, PEFT or bitsandbytes import)."""
     code = (
         "import sys; from napo.scripts.recsys import main; "
         f"rc = main(['--config', {str(ROOT / 'recipes/configs/lastfm/sasrec-tiny.yaml')!r}, "
         f"'--dataset_dir', {str(cycle_dataset)!r}, '--output_dir', {str(tmp_path / 'o')!r}, "
         "'--max_epochs', '1', '--quiet']); "
-        "print('trl loaded:', sorted(m for m in sys.modules if m == 'trl' or m.startswith('trl.'))[:3]); sys.exit(rc)"
+        "print('trl loaded:', sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'peft', 'bitsandbytes'))[:3]); "
+        "sys.exit(rc)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
