@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
+from diffusion_table import _cell  # mean ± sample std over seeds, as the diffusion table prints it
 
 from napo.eval.stats import compare_runs, paired_table
 from napo.recsys.data import load_dataset_dir
@@ -123,14 +123,6 @@ def run(args) -> int:
                     if rc:
                         return rc
     return 0
-
-
-def _cell(values: list[float], digits: int = 4) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def table(args) -> int:
