@@ -265,12 +265,8 @@ def test_faithful_margin_uses_the_whole_reused_pool(tmp_path, tiny):
     assert trainer._metrics["train"]["napo/gamma"][-1] == pytest.approx(1 - 0.3 * (m_t - m_bar), abs=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["reuse", "rescore", "faithful"])
-def test_gradient_reaches_a_borrowed_negative_only_where_it_should(tmp_path, tiny, monkeypatch, mode):
-    """d loss_b / d (the log-prob of a negative b borrowed from partner p):
-    reuse: that log-prob lives in p's row (scored under p's prompt) and gets gradient from b;
-    rescore: b scores the item under its OWN prompt, so b's loss does not touch p's row;
-    faithful: every negative is detached, so b's loss reaches no negative at all."""
+def _scored_batch(trainer, monkeypatch):
+    """(loss, its outputs, every scored log-prob [B, M] with its graph) of a 4-row training-mode batch."""
     import napo.trainer as trainer_module
 
     captured = {}
@@ -282,13 +278,22 @@ def test_gradient_reaches_a_borrowed_negative_only_where_it_should(tmp_path, tin
         return out
 
     monkeypatch.setattr(trainer_module, "completion_logps", spy)
-    overrides = {"napo_mode": "faithful"} if mode == "faithful" else {"share_mode": mode}
-    trainer = make_trainer(tmp_path, tiny, loss_type="napo", margin_alpha=0.0, **overrides)
     trainer.model.train()
     rows = [trainer.train_dataset[i] for i in range(4)]
     batch = trainer._prepare_inputs(trainer.data_collator(rows))
-    _, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
-    logps = captured["logps"]
+    loss, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    return loss, out, captured["logps"]
+
+
+@pytest.mark.parametrize("mode", ["reuse", "rescore", "faithful"])
+def test_gradient_reaches_a_borrowed_negative_only_where_it_should(tmp_path, tiny, monkeypatch, mode):
+    """d loss_b / d (the log-prob of a negative b borrowed from partner p):
+    reuse: that log-prob lives in p's row (scored under p's prompt) and gets gradient from b;
+    rescore: b scores the item under its OWN prompt, so b's loss does not touch p's row;
+    faithful: every negative is detached, so b's loss reaches no negative at all."""
+    overrides = {"napo_mode": "faithful"} if mode == "faithful" else {"share_mode": mode}
+    trainer = make_trainer(tmp_path, tiny, loss_type="napo", margin_alpha=0.0, **overrides)
+    _, out, logps = _scored_batch(trainer, monkeypatch)
     k = trainer.args.num_negatives
     b = 0
     (grad,) = torch.autograd.grad(out["losses"][b], logps, retain_graph=True)
@@ -305,22 +310,8 @@ def test_gradient_reaches_a_borrowed_negative_only_where_it_should(tmp_path, tin
 
 def _negative_gradient(trainer, monkeypatch):
     """d (mean loss of a 4-row batch) / d (every scored log-prob), [B, M]."""
-    import napo.trainer as trainer_module
-
-    captured = {}
-    real = trainer_module.completion_logps
-
-    def spy(model, batch, **kwargs):
-        out = real(model, batch, **kwargs)
-        captured["logps"] = out[0]
-        return out
-
-    monkeypatch.setattr(trainer_module, "completion_logps", spy)
-    trainer.model.train()
-    rows = [trainer.train_dataset[i] for i in range(4)]
-    batch = trainer._prepare_inputs(trainer.data_collator(rows))
-    loss = trainer.compute_loss(trainer.model, batch)
-    (grad,) = torch.autograd.grad(loss, captured["logps"])
+    loss, _, logps = _scored_batch(trainer, monkeypatch)
+    (grad,) = torch.autograd.grad(loss, logps)
     return grad
 
 
