@@ -49,6 +49,19 @@ def trained(tiny):
     return _recipe().main(["--config", config]), root / "out"
 
 
+def _recording(losses: list):
+    """RecSFTTrainer that appends every training loss it computes to ``losses``."""
+    from napo.hub import RecSFTTrainer
+
+    class Recording(RecSFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            losses.append(loss.item())
+            return loss
+
+    return Recording
+
+
 def test_labels_cover_the_completion_only(trained, tiny):
     from datasets import load_from_disk
 
@@ -134,16 +147,10 @@ def _one_sgd_step(tiny, out, compact):
 
     from data_prep.prepared import load_prepared
     from napo.data import to_prompt_completion
-    from napo.hub import RecSFTTrainer
 
     data, model_dir, _ = tiny
     losses = []
-
-    class Recording(RecSFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            losses.append(loss.item())
-            return loss
+    Recording = _recording(losses)
 
     args = SFTConfig(output_dir=str(out), per_device_train_batch_size=8, max_steps=1, learning_rate=0.5,
                      optim="sgd", lr_scheduler_type="constant", warmup_steps=0, use_cpu=True, bf16=False,
@@ -188,7 +195,6 @@ def test_item_softmax_is_the_cross_entropy_over_item_rows(tiny, tmp_path):
     from data_prep.prepared import load_prepared
     from napo.config import RecSFTConfig
     from napo.data import to_prompt_completion
-    from napo.hub import RecSFTTrainer
 
     data, model_dir, _ = tiny
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -204,12 +210,7 @@ def test_item_softmax_is_the_cross_entropy_over_item_rows(tiny, tmp_path):
 
     def one_step(item_softmax, accumulation=1):
         losses = []
-
-        class Recording(RecSFTTrainer):
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                losses.append(loss.item())
-                return loss
+        Recording = _recording(losses)
 
         args = RecSFTConfig(output_dir=str(tmp_path / f"{item_softmax}{accumulation}"), item_softmax=item_softmax,
                             per_device_train_batch_size=8 // accumulation, gradient_accumulation_steps=accumulation,
