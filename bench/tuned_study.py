@@ -140,4 +140,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as err:  # the run printed its own error line above
+        sys.exit(f"error: a run of the plan stopped (exit {err.returncode}): {' '.join(map(str, err.cmd))}; "
+                 "fix what it printed and rerun the same command (finished runs are kept)")
