@@ -47,14 +47,22 @@ class Method:
     overrides: list[str] = field(default_factory=list)
 
 
+def run_logged(cmd: list[str], **kwargs) -> None:
+    """Print and run one step of a study; a failed step ends the study with one line (the step has
+    printed its own error above it), finished steps are kept for the rerun."""
+    print(" ".join(cmd), flush=True)
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+    if done.returncode:
+        raise SystemExit(f"error: a run of the study stopped (exit {done.returncode}): {' '.join(cmd)}; "
+                         "fix what it printed and rerun the same command (finished runs are kept)")
+
+
 def run_one(method: Method, dataset_dir: str, out: Path, seed: int, extra: list[str]) -> None:
     if (out / "metrics.json").is_file():
         return
     cmd = [sys.executable, str(RECIPE), "--config", str(method.config), "--dataset_dir", dataset_dir,
            "--output_dir", str(out), "--seed", str(seed), "--quiet", *extra, *method.overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env)
+    run_logged(cmd)
 
 
 def run_all(methods: list[Method], dataset_dir: str, runs: Path, seeds: list[int], extra: list[str]) -> None:

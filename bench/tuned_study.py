@@ -28,8 +28,6 @@ checkpoint on valid.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cf_study import Method, default_keys, paired_rows, run_all, table  # noqa: E402
+from cf_study import Method, default_keys, paired_rows, run_all, run_logged, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +71,7 @@ def tune(config: Path, group: dict, plan: dict, out: Path) -> Path:
     cmd = [sys.executable, "-m", "napo.scripts.tune", "--config", str(config), "--dataset_dir", group["dataset_dir"],
            "--output_dir", str(out), "--trials", str(group.get("trials", plan["trials"])),
            "--max_epochs", str(group["max_epochs"]), *map(str, group.get("overrides", []))]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_logged(cmd, cwd=REPO)
     return out / "best.yaml"
 
 
@@ -140,8 +137,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except subprocess.CalledProcessError as err:  # the run printed its own error line above
-        sys.exit(f"error: a run of the plan stopped (exit {err.returncode}): {' '.join(map(str, err.cmd))}; "
-                 "fix what it printed and rerun the same command (finished runs are kept)")
+    sys.exit(main())
