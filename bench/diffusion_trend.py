@@ -10,6 +10,8 @@ per_row.json, run.json, checkpoint/).
     python bench/diffusion_trend.py measure --data beauty=runs/data/beauty --data sports=runs/data/sports
     # run the cells that are not done yet (each its own process; queue them one per CPU slot)
     python bench/diffusion_trend.py run --data beauty=runs/data/beauty --widths 512 --seeds 1 --root runs/trend
+    # a dataset of the family the configs were not tuned on, with Beauty's config (CDs_and_Vinyl)
+    python bench/diffusion_trend.py run --data cds=runs/data/cds --config-from beauty --widths 512 --seeds 1
     # valid and test metrics per width (mean +- sample std over seeds), paired intervals
     python bench/diffusion_trend.py table --root runs/trend
     # any two runs (or seed lists) on the same test rows: paired intervals, napo.eval.stats
@@ -47,9 +49,8 @@ def lr_for(width: int) -> float:
     return round(LR_TIMES_D / width, 8)
 
 
-def config(dataset: str, model: str, width: int, **overrides) -> RecConfig:
-    path = REPO / "recipes" / "configs" / dataset / f"{model}-cpu.yaml"
-    values = yaml.safe_load(path.read_text())
+def config(dataset: str, model: str, width: int, config_from: str | None = None, **overrides) -> RecConfig:
+    values = yaml.safe_load(config_path(dataset, model, config_from).read_text())
     return RecConfig.from_dict({**values, "hidden": width, "lr": lr_for(width), **overrides})
 
 
@@ -57,14 +58,21 @@ def cell_dir(root: Path, dataset: str, model: str, width: int, seed: int) -> Pat
     return root / dataset / f"{model}-d{width}" / f"seed{seed}"
 
 
-def parse_data(items: list[str]) -> dict[str, Path]:
+def parse_data(items: list[str], config_from: str | None = None) -> dict[str, Path]:
     out = {}
     for item in items:
         name, _, path = item.partition("=")
-        if not path or not (REPO / "recipes" / "configs" / name).is_dir():
-            raise SystemExit(f"--data {item}: expected NAME=DIR with NAME a folder of recipes/configs (beauty, sports)")
+        if config_from is not None and not (REPO / "recipes" / "configs" / config_from).is_dir():
+            raise SystemExit(f"--config-from {config_from}: not a folder of recipes/configs (beauty, sports)")
+        if not path or (config_from is None and not (REPO / "recipes" / "configs" / name).is_dir()):
+            raise SystemExit(f"--data {item}: expected NAME=DIR with NAME a folder of recipes/configs (beauty, sports), "
+                             "or pass --config-from to run another dataset with one of their configs")
         out[name] = Path(path)
     return out
+
+
+def config_path(dataset: str, model: str, config_from: str | None) -> Path:
+    return REPO / "recipes" / "configs" / (config_from or dataset) / f"{model}-cpu.yaml"
 
 
 def measure(args) -> int:
@@ -72,9 +80,9 @@ def measure(args) -> int:
     torch.set_num_threads(1)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = []
-    for dataset, data_dir in parse_data(args.data).items():
+    for dataset, data_dir in parse_data(args.data, args.config_from).items():
         for width in args.widths:
-            cfg = config(dataset, args.models[0], width, max_epochs=1, patience=1, seed=1)
+            cfg = config(dataset, args.models[0], width, args.config_from, max_epochs=1, patience=1, seed=1)
             splits, num_items, counts, _ = load_dataset_dir(data_dir, cfg.max_len)
             torch.manual_seed(cfg.seed)
             model = make_model(cfg, num_items, counts)
@@ -104,7 +112,7 @@ def measure(args) -> int:
 def run(args) -> int:
     """Every missing cell, one after the other, each in its own process."""
     root = Path(args.root)
-    for dataset, data_dir in parse_data(args.data).items():
+    for dataset, data_dir in parse_data(args.data, args.config_from).items():
         for model in args.models:
             for width in args.widths:
                 for seed in args.seeds:
@@ -113,7 +121,7 @@ def run(args) -> int:
                         print(f"done: {out}")
                         continue
                     cmd = [sys.executable, "-P", str(REPO / "recipes" / "recsys.py"),
-                           "--config", str(REPO / "recipes" / "configs" / dataset / f"{model}-cpu.yaml"),
+                           "--config", str(config_path(dataset, model, args.config_from)),
                            "--dataset_dir", str(data_dir), "--output_dir", str(out), "--hidden", str(width),
                            "--lr", str(lr_for(width)), "--seed", str(seed)]
                     print(" ".join(cmd), flush=True)
@@ -180,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--data", action="append", required=True, help="NAME=DIR, e.g. beauty=runs/data/beauty")
         s.add_argument("--models", nargs="+", default=list(MODELS[:1]), choices=MODELS)
         s.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS))
+        s.add_argument("--config-from", default=None,
+                       help="train every --data with this dataset's CPU config (e.g. beauty), for a dataset "
+                            "the configs were not tuned on")
     sub.choices["measure"].add_argument("--epochs", type=int, default=40, help="epochs per run for the estimate")
     sub.choices["run"].add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     sub.choices["run"].add_argument("--root", default="runs/trend")
